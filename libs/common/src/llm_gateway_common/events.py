@@ -1,0 +1,72 @@
+"""The usage event: one per gateway request, the only thing that crosses services.
+
+Schema evolution follows msgspec's rules: new fields always get a default, existing fields never
+change type or meaning, and `schema_version` is bumped when fields are added. Consumers decode
+with `decode_event`, which ignores fields it does not know, so an older consumer can read a newer
+producer's events.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+Outcome = Literal["ok", "upstream_error", "gateway_error", "client_disconnected"]
+UsageSource = Literal["provider", "estimated", "none"]
+
+
+class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
+    """One gateway request, as metered. Token counts follow OpenAI's meaning:
+    `prompt_tokens` includes `cached_tokens`, `completion_tokens` includes `reasoning_tokens`."""
+
+    event_id: str
+    schema_version: int = SCHEMA_VERSION
+    request_id: str
+    client_request_id: str | None = None
+    upstream_request_id: str | None = None
+    tenant: str
+    key_id: str | None = None
+    user: str | None = None
+    endpoint: str
+    method: str = "POST"
+    provider: str
+    model: str | None = None
+    response_model: str | None = None
+    stream: bool = False
+    status_code: int
+    outcome: Outcome
+    error_type: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    usage_source: UsageSource = "none"
+    started_at: datetime
+    finished_at: datetime
+    latency_ms: float
+    ttfb_ms: float | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+    captured_request: str | None = None
+    captured_request_truncated: bool = False
+    captured_response: str | None = None
+    captured_response_truncated: bool = False
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(UsageEvent)
+
+
+def encode_event(event: UsageEvent) -> bytes:
+    """The event as compact JSON, field names as declared."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | str) -> UsageEvent:
+    """Parse and validate one event; raises msgspec.ValidationError/DecodeError if malformed."""
+    return _decoder.decode(data)

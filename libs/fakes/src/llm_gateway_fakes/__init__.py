@@ -1,0 +1,1 @@
+"""Fakes of what llm-gateway cannot reach in tests, speaking the real wire formats."""

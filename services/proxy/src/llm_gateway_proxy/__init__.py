@@ -1,0 +1,1 @@
+"""The llm-gateway proxy: an OpenAI-compatible HTTP proxy that meters every request."""

@@ -1,0 +1,101 @@
+"""The client side of one request: reading its body, writing the response, noticing it leave.
+
+Once the body is read, a watcher task waits on `receive()`; when the client disconnects it marks
+the connection gone and cancels the handler, which stops awaiting the upstream at once (the
+upstream request is then closed, so the provider stops generating).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from llm_gateway_proxy.errors import GatewayError, RequestTooLarge
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the gateway finished answering."""
+
+
+class Downstream:
+    __slots__ = ("_receive", "_send", "_watcher", "gone", "sent_bytes", "started")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self._watcher: asyncio.Task[None] | None = None
+        self.gone = False
+        self.started = False
+        self.sent_bytes = 0
+
+    async def read_body(self, limit: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """The whole request body; RequestTooLarge past `limit` (before reading, if declared)."""
+        for name, value in headers:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                raise ClientDisconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def watch_disconnect(self) -> None:
+        """Cancel the current task when the client disconnects (call after the body is read)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._watcher = asyncio.create_task(self._watch(task))
+
+    async def _watch(self, handler: asyncio.Task[Any]) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                handler.cancel()
+                return
+
+    def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(self, data: bytes, *, more: bool) -> None:
+        self.sent_bytes += len(data)
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def error(self, err: GatewayError, extra_headers: list[tuple[bytes, bytes]]) -> None:
+        """Answer with the OpenAI error JSON; if a stream already started, as a final SSE event."""
+        payload = err.body()
+        if self.started:
+            await self.body(b"data: " + payload + b"\n\n", more=False)
+            return
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            *extra_headers,
+        ]
+        await self.start(err.status, headers)
+        await self.body(payload, more=False)
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"Request body exceeds the gateway's limit of {limit} bytes.")

@@ -1,0 +1,157 @@
+"""One client request as it passes through the gateway: what becomes its usage event and log line.
+
+Identity (request id, tenant, client request id) comes from the ASGI scope; the handler fills in
+the rest as it learns it, and `to_event` closes the record exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+from llm_gateway_common.events import Outcome, UsageEvent, UsageSource
+
+from llm_gateway_proxy.usage import Usage, estimate_tokens
+
+MAX_HEADER_ID = 256
+_ESTIMABLE = frozenset({"ok", "client_disconnected"})
+
+
+class Exchange:
+    """Mutable per-request state, owned by one handler invocation."""
+
+    __slots__ = (
+        "captured_request", "captured_response", "client_request_id", "completion_estimate",
+        "endpoint", "error_type", "finished", "metered", "method", "model", "outcome",
+        "provider", "request_body", "request_bytes", "request_id", "response_bytes",
+        "response_model", "started", "started_at", "status", "stream", "strip_usage_chunk",
+        "tenant", "ttfb", "upstream_called", "upstream_request_id", "usage", "user",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        scope_headers: list[tuple[bytes, bytes]],
+        endpoint: str,
+        method: str,
+        provider: str,
+        *,
+        metered: bool,
+    ) -> None:
+        self.request_id = uuid.uuid4().hex
+        self.started_at = time.time()
+        self.started = time.perf_counter()
+        self.finished: float | None = None
+        self.ttfb: float | None = None
+        self.endpoint = endpoint
+        self.method = method
+        self.provider = provider
+        self.metered = metered
+        tenant = x_tenant = client_request_id = None
+        for name, value in scope_headers:
+            if name == b"x-llm-tenant":
+                tenant = value
+            elif name == b"x-tenant":
+                x_tenant = value
+            elif name == b"x-request-id":
+                client_request_id = value
+        self.tenant = _header_text(tenant or x_tenant) or "default"
+        self.client_request_id = _header_text(client_request_id)
+        self.upstream_request_id: str | None = None
+        self.model: str | None = None
+        self.response_model: str | None = None
+        self.user: str | None = None
+        self.stream = False
+        self.status = 0
+        self.outcome: Outcome = "ok"
+        self.error_type: str | None = None
+        self.strip_usage_chunk = False
+        self.upstream_called = False
+        self.usage: Usage | None = None
+        self.completion_estimate: int | None = None
+        self.request_body = b""
+        self.request_bytes = 0
+        self.response_bytes = 0
+        self.captured_request: bytes | None = None
+        self.captured_response: bytes | None = None
+
+    def mark_first_byte(self) -> None:
+        if self.ttfb is None:
+            self.ttfb = time.perf_counter()
+
+    def fail(self, outcome: Outcome, error_type: str) -> None:
+        """Record the first failure; a later one (cleanup after a disconnect) does not mask it."""
+        if self.outcome == "ok":
+            self.outcome = outcome
+            self.error_type = error_type
+
+    def _settled_usage(self) -> tuple[Usage, UsageSource]:
+        """Provider usage when it reported some; else an estimate for a metered API call that
+        reached the provider and did not fail there; else nothing."""
+        if self.usage is not None:
+            return self.usage, "provider"
+        if not (self.metered and self.upstream_called and self.outcome in _ESTIMABLE):
+            return Usage(), "none"
+        prompt = estimate_tokens(self.request_body)
+        completion = self.completion_estimate or 0
+        return Usage(prompt, completion, prompt + completion), "estimated"
+
+    @property
+    def latency_ms(self) -> float:
+        end = self.finished if self.finished is not None else time.perf_counter()
+        return round((end - self.started) * 1000, 3)
+
+    def to_event(self, capture_bytes: int) -> UsageEvent:
+        self.finished = time.perf_counter()
+        usage, usage_source = self._settled_usage()
+        self.request_body = b""
+        request_capture, request_cut = _capture(self.captured_request, capture_bytes)
+        response_capture, response_cut = _capture(self.captured_response, capture_bytes)
+        return UsageEvent(
+            event_id=str(uuid.uuid4()),
+            request_id=self.request_id,
+            client_request_id=self.client_request_id,
+            upstream_request_id=self.upstream_request_id,
+            tenant=self.tenant,
+            user=self.user,
+            endpoint=self.endpoint,
+            method=self.method,
+            provider=self.provider,
+            model=self.model,
+            response_model=self.response_model,
+            stream=self.stream,
+            status_code=self.status,
+            outcome=self.outcome,
+            error_type=self.error_type,
+            prompt_tokens=usage.prompt,
+            completion_tokens=usage.completion,
+            total_tokens=usage.total,
+            cached_tokens=usage.cached,
+            reasoning_tokens=usage.reasoning,
+            usage_source=usage_source,
+            started_at=datetime.fromtimestamp(self.started_at, UTC),
+            finished_at=datetime.fromtimestamp(
+                self.started_at + (self.finished - self.started), UTC
+            ),
+            latency_ms=self.latency_ms,
+            ttfb_ms=None if self.ttfb is None else round((self.ttfb - self.started) * 1000, 3),
+            request_bytes=self.request_bytes,
+            response_bytes=self.response_bytes,
+            captured_request=request_capture,
+            captured_request_truncated=request_cut,
+            captured_response=response_capture,
+            captured_response_truncated=response_cut,
+        )
+
+
+def _header_text(value: bytes | None) -> str | None:
+    if not value:
+        return None
+    return value[:MAX_HEADER_ID].decode("latin-1")
+
+
+def _capture(body: bytes | None, limit: int) -> tuple[str | None, bool]:
+    if body is None or limit <= 0:
+        return None, False
+    cut = len(body) > limit
+    return body[:limit].decode("utf-8", errors="ignore"), cut

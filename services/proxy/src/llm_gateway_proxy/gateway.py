@@ -1,0 +1,48 @@
+"""What every handler shares for the life of the process: upstream, publisher, settings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from llm_gateway_proxy.exchange import Exchange
+from llm_gateway_proxy.metering import EventPublisher
+from llm_gateway_proxy.settings import ProxySettings
+from llm_gateway_proxy.upstream import Upstream
+
+log = structlog.get_logger("llm_gateway.proxy")
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        upstream: Upstream,
+        publisher: EventPublisher,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.publisher = publisher
+        self.stopping = stopping
+
+    def record(self, exchange: Exchange) -> None:
+        """Meter one finished request and write its one log line. Never raises into the handler."""
+        event = exchange.to_event(self.settings.metering_capture_bytes)
+        self.publisher.publish(event)
+        log.info(
+            "request",
+            request_id=event.request_id,
+            tenant=event.tenant,
+            endpoint=event.endpoint,
+            model=event.model,
+            stream=event.stream,
+            status=event.status_code,
+            outcome=event.outcome,
+            error_type=event.error_type,
+            total_tokens=event.total_tokens,
+            usage_source=event.usage_source,
+            latency_ms=event.latency_ms,
+            ttfb_ms=event.ttfb_ms,
+        )

@@ -1,0 +1,72 @@
+"""The proxy's configuration: one frozen struct, read once from the environment at startup."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+from llm_gateway_common.config import ConfigError, Env
+from llm_gateway_common.streams import DEFAULT_REDIS_URL, DEFAULT_STREAM
+
+DEFAULT_UPSTREAM = "https://api.openai.com/v1"
+
+
+class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every knob the proxy reads. Defaults are what an unconfigured deployment gets."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 8080
+    upstream_base_url: str = DEFAULT_UPSTREAM
+    upstream_api_key: str | None = msgspec.field(default=None)
+    provider: str = "openai"
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    upstream_pool_size: int = 256
+    max_request_body_bytes: int = 32 * 1024 * 1024
+    cors_allow_origins: tuple[str, ...] = ()
+    redis_url: str = DEFAULT_REDIS_URL
+    redis_timeout: float = 2.0
+    events_stream: str = DEFAULT_STREAM
+    events_maxlen: int = 1_000_000
+    event_queue_size: int = 100_000
+    event_batch_size: int = 500
+    metering_capture_bytes: int = 0
+    shutdown_grace: float = 30.0
+    log_level: str = "info"
+
+    def __repr__(self) -> str:  # never print the upstream key
+        return f"ProxySettings(upstream={self.upstream_base_url!r}, listen={self.listen_port})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ProxySettings:
+        """Read the environment; raises ConfigError naming the variable that is wrong."""
+        env = Env(environ)
+        host, port = env.listen_addr("LISTEN_ADDR", "0.0.0.0:8080")
+        base_url = env.text("UPSTREAM_OPENAI_BASE_URL", DEFAULT_UPSTREAM).rstrip("/")
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"UPSTREAM_OPENAI_BASE_URL must be an http(s) URL, got {base_url!r}")
+        client_timeout = env.number("HTTP_CLIENT_TIMEOUT", 600.0, minimum=0.001)
+        return cls(
+            listen_host=host,
+            listen_port=port,
+            upstream_base_url=base_url,
+            upstream_api_key=env.optional_text("UPSTREAM_OPENAI_API_KEY"),
+            connect_timeout=env.number(
+                "HTTP_CONNECT_TIMEOUT", min(10.0, client_timeout), minimum=0.001
+            ),
+            read_timeout=client_timeout,
+            upstream_pool_size=env.integer("UPSTREAM_POOL_SIZE", 256, minimum=1),
+            max_request_body_bytes=env.integer(
+                "MAX_REQUEST_BODY_BYTES", 32 * 1024 * 1024, minimum=1
+            ),
+            cors_allow_origins=env.csv("CORS_ALLOW_ORIGINS"),
+            redis_url=env.text("REDIS_URL", DEFAULT_REDIS_URL),
+            redis_timeout=env.number("REDIS_TIMEOUT", 2.0, minimum=0.001),
+            events_stream=env.text("EVENTS_STREAM", DEFAULT_STREAM),
+            events_maxlen=env.integer("EVENTS_STREAM_MAXLEN", 1_000_000, minimum=0),
+            event_queue_size=env.integer("EVENT_QUEUE_SIZE", 100_000, minimum=1),
+            event_batch_size=env.integer("EVENT_BATCH_SIZE", 500, minimum=1),
+            metering_capture_bytes=env.integer("METERING_CAPTURE_BYTES", 0, minimum=0),
+            shutdown_grace=env.number("SHUTDOWN_GRACE_SECONDS", 30.0, minimum=0),
+            log_level=env.text("LOG_LEVEL", "info"),
+        )

@@ -1,0 +1,122 @@
+"""Server-sent events passing through the gateway: watched, never rewritten, but for one chunk.
+
+The tap looks at each upstream chunk as it is forwarded. It finds the response model and the
+usage the provider reports, and, when the gateway added `stream_options.include_usage` on the
+client's behalf, removes the usage-only chunk (`"choices": []`) the client did not ask for.
+
+Bytes are forwarded as soon as they arrive. Only when a chunk may have to be removed does the tap
+hold back an incomplete trailing event until its end arrives (upstreams send whole events, so in
+practice nothing waits).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from llm_gateway_proxy.usage import Usage, model_from_payload, usage_from_payload
+
+_USAGE = b'"usage"'
+_USAGE_NULL = b'"usage":null'
+_DATA = b"data:"
+_ERROR_PREFIX = b'{"error"'
+_CRLF_EVENT = re.compile(rb".*?(?:\r\n\r\n|\n\n)|.+$", re.S)
+
+
+class SSETap:
+    """Watch an SSE byte stream; `feed` returns what to forward to the client now."""
+
+    __slots__ = ("_pending", "_strip_usage_chunk", "errored", "events", "response_model", "usage")
+
+    def __init__(self, *, strip_usage_chunk: bool) -> None:
+        self._strip_usage_chunk = strip_usage_chunk
+        self._pending = b""
+        self.usage: Usage | None = None
+        self.response_model: str | None = None
+        self.events = 0
+        self.errored = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        buffer = self._pending + chunk if self._pending else chunk
+        end = _last_boundary(buffer)
+        if end < 0:
+            self._pending = buffer
+            return chunk if not self._strip_usage_chunk else b""
+        complete, self._pending = buffer[:end], buffer[end:]
+        self.events += complete.count(b"\n\n") or 1
+        if self.response_model is None or _USAGE in complete or _ERROR_PREFIX in complete:
+            kept = self._inspect(complete)
+        else:
+            kept = complete
+        if not self._strip_usage_chunk:
+            return chunk
+        return kept
+
+    def flush(self) -> bytes:
+        """Whatever is still held back when the upstream ends."""
+        rest, self._pending = self._pending, b""
+        return rest if self._strip_usage_chunk else b""
+
+    def _inspect(self, complete: bytes) -> bytes:
+        kept: list[bytes] = []
+        dropped = False
+        for event in _split_events(complete):
+            payload = _data_payload(event)
+            if payload is None:
+                kept.append(event)
+                continue
+            if self.response_model is None:
+                self.response_model = model_from_payload(payload)
+            if isinstance(payload, dict) and "error" in payload and payload.get("error"):
+                self.errored = True
+            if _USAGE in event and _USAGE_NULL not in event:
+                usage = usage_from_payload(payload)
+                if usage is not None:
+                    self.usage = usage
+                    if self._strip_usage_chunk and payload.get("choices") == []:
+                        dropped = True
+                        continue
+            kept.append(event)
+        return b"".join(kept) if dropped else complete
+
+
+def _last_boundary(buffer: bytes) -> int:
+    """Index just past the last complete event (`\\n\\n` or `\\r\\n\\r\\n`), or -1."""
+    lf = buffer.rfind(b"\n\n")
+    end = -1 if lf < 0 else lf + 2
+    if b"\r" in buffer:
+        crlf = buffer.rfind(b"\r\n\r\n")
+        if crlf >= 0:
+            end = max(end, crlf + 4)
+    return end
+
+
+def _split_events(complete: bytes) -> list[bytes]:
+    """Complete events, each with its trailing blank line, so joining them restores the bytes."""
+    if b"\r" in complete:
+        return _CRLF_EVENT.findall(complete)
+    parts = complete.split(b"\n\n")
+    events = [part + b"\n\n" for part in parts[:-1]]
+    if parts[-1]:
+        events.append(parts[-1])
+    return events
+
+
+def _data_payload(event: bytes) -> Any:
+    """The JSON of an event's `data:` lines, or None (comments, `[DONE]`, non-JSON)."""
+    data_lines = [
+        line[5:].lstrip(b" ")
+        for line in event.replace(b"\r\n", b"\n").split(b"\n")
+        if line.startswith(_DATA)
+    ]
+    if not data_lines:
+        return None
+    data = b"\n".join(data_lines)
+    if not data or data == b"[DONE]":
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None

@@ -1,0 +1,99 @@
+"""Token usage: read from what the provider returns, or estimated when it returns none.
+
+Provider shapes understood (OpenAI meanings kept: prompt includes cached, completion includes
+reasoning):
+  chat / completions / embeddings  {"usage": {"prompt_tokens", "completion_tokens", ...}}
+  responses                        {"usage": {"input_tokens", "output_tokens", ...}}
+  responses stream events          {"type": "response.completed", "response": {"usage": ...}}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import orjson
+
+# OpenAI's rule of thumb for English text; only used when the provider reports nothing.
+CHARS_PER_TOKEN = 4
+IMAGE_TOKENS = 85
+_TEXT_KEYS = frozenset({"content", "text", "prompt", "input", "instructions", "arguments"})
+
+
+class Usage(NamedTuple):
+    prompt: int = 0
+    completion: int = 0
+    total: int = 0
+    cached: int = 0
+    reasoning: int = 0
+
+
+def usage_from_payload(payload: Any) -> Usage | None:
+    """The usage object of a response body or stream chunk, if it carries one."""
+    if not isinstance(payload, dict):
+        return None
+    raw = payload.get("usage")
+    if raw is None and isinstance(payload.get("response"), dict):
+        raw = payload["response"].get("usage")
+    if not isinstance(raw, dict):
+        return None
+    if "input_tokens" in raw or "output_tokens" in raw:
+        prompt = _int(raw.get("input_tokens"))
+        completion = _int(raw.get("output_tokens"))
+        cached = _int(_detail(raw, "input_tokens_details", "cached_tokens"))
+        reasoning = _int(_detail(raw, "output_tokens_details", "reasoning_tokens"))
+    else:
+        prompt = _int(raw.get("prompt_tokens"))
+        completion = _int(raw.get("completion_tokens"))
+        cached = _int(_detail(raw, "prompt_tokens_details", "cached_tokens"))
+        reasoning = _int(_detail(raw, "completion_tokens_details", "reasoning_tokens"))
+    total = _int(raw.get("total_tokens")) or prompt + completion
+    return Usage(prompt, completion, total, cached, reasoning)
+
+
+def model_from_payload(payload: Any) -> str | None:
+    """The model that answered, from a response body or a stream chunk."""
+    if not isinstance(payload, dict):
+        return None
+    model = payload.get("model")
+    if model is None and isinstance(payload.get("response"), dict):
+        model = payload["response"].get("model")
+    return model if isinstance(model, str) else None
+
+
+def estimate_tokens(body: bytes) -> int:
+    """A rough token count of the text a JSON body carries (messages, prompt, input, output)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return math.ceil(len(body) / CHARS_PER_TOKEN) if body else 0
+    chars, images = _count_text(payload, inside_text=False)
+    return math.ceil(chars / CHARS_PER_TOKEN) + images * IMAGE_TOKENS
+
+
+def _count_text(value: Any, *, inside_text: bool) -> tuple[int, int]:
+    if isinstance(value, str):
+        return (len(value), 0) if inside_text else (0, 0)
+    chars = images = 0
+    if isinstance(value, dict):
+        if value.get("type") in ("image_url", "input_image"):
+            return 0, 1
+        for key, item in value.items():
+            sub_chars, sub_images = _count_text(item, inside_text=inside_text or key in _TEXT_KEYS)
+            chars += sub_chars
+            images += sub_images
+    elif isinstance(value, list):
+        for item in value:
+            sub_chars, sub_images = _count_text(item, inside_text=inside_text)
+            chars += sub_chars
+            images += sub_images
+    return chars, images
+
+
+def _detail(raw: dict[str, Any], group: str, key: str) -> Any:
+    details = raw.get(group)
+    return details.get(key) if isinstance(details, dict) else None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
