@@ -42,7 +42,7 @@ class Received:
     method: str
     path: str
     query: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     body: bytes
 
     def json(self) -> Any:
@@ -58,6 +58,7 @@ class FakeOpenAI:
     usages: list[dict[str, Any]] = field(default_factory=list)
     streams_cut: int = 0
     streams_completed: int = 0
+    abandoned: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def reset(self) -> None:
@@ -66,6 +67,7 @@ class FakeOpenAI:
         self.usages.clear()
         self.streams_cut = 0
         self.streams_completed = 0
+        self.abandoned = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -270,11 +272,18 @@ class FakeOpenAI:
         """Record the request and check it as OpenAI would; a failure is the response to send."""
         raw = await request.read()
         self.received.append(
-            Received(request.method, request.path, request.query_string, dict(request.headers), raw)
+            Received(
+                request.method,
+                request.path,
+                request.query_string,
+                {k.lower(): v for k, v in request.headers.items()},
+                raw,
+            )
         )
         behaviour = self.behaviour
-        if behaviour.response_delay:
-            await asyncio.sleep(behaviour.response_delay)
+        if behaviour.response_delay and await self._abandoned_while_waiting(request):
+            self.abandoned += 1
+            return {}, _error(499, "client closed request", None)
         expected = f"Bearer {behaviour.api_key}" if behaviour.api_key else None
         if expected is not None and request.headers.get("Authorization") != expected:
             return {}, _error(401, "Incorrect API key provided.", None, "invalid_api_key",
@@ -293,6 +302,17 @@ class FakeOpenAI:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return {}, _error(400, "you must provide a model parameter", "model")
         return body, None
+
+    async def _abandoned_while_waiting(self, request: web.Request) -> bool:
+        """Wait `response_delay`, noticing if the caller closes the connection meanwhile."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.behaviour.response_delay
+        while loop.time() < until:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return True
+            await asyncio.sleep(0.01)
+        return False
 
     def _words(self) -> list[str]:
         return [f"word{i} " for i in range(self.behaviour.words)]
@@ -371,6 +391,7 @@ class FakeOpenAIServer:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._loop.close()
 
     async def _start(self) -> None:
         self._runner = web.AppRunner(self.fake.app(), access_log=None, handle_signals=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import orjson
+
 from llm_gateway_common.events import Outcome
 
 

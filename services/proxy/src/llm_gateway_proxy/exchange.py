@@ -11,7 +11,6 @@ import uuid
 from datetime import UTC, datetime
 
 from llm_gateway_common.events import Outcome, UsageEvent, UsageSource
-
 from llm_gateway_proxy.usage import Usage, estimate_tokens
 
 MAX_HEADER_ID = 256

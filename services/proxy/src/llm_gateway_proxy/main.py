@@ -9,9 +9,9 @@ import sys
 import uvloop
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+
 from llm_gateway_common.config import ConfigError
 from llm_gateway_common.logs import configure_logging
-
 from llm_gateway_proxy.app import create_app
 from llm_gateway_proxy.settings import ProxySettings
 
@@ -48,3 +48,7 @@ def hypercorn_config(settings: ProxySettings) -> Config:
     config.errorlog = "-"
     config.loglevel = "WARNING"
     return config
+
+
+if __name__ == "__main__":
+    main()

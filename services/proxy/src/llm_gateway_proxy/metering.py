@@ -16,9 +16,10 @@ from collections import deque
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
+
 from llm_gateway_common.events import UsageEvent
 from llm_gateway_common.streams import entry_fields
-from redis.exceptions import RedisError
 
 _RETRY_MIN = 0.05
 _RETRY_MAX = 2.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import msgspec
+
 from llm_gateway_common.config import ConfigError, Env
 from llm_gateway_common.streams import DEFAULT_REDIS_URL, DEFAULT_STREAM
 

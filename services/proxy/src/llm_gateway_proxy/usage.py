@@ -79,7 +79,7 @@ def _count_text(value: Any, *, inside_text: bool) -> tuple[int, int]:
         if value.get("type") in ("image_url", "input_image"):
             return 0, 1
         for key, item in value.items():
-            sub_chars, sub_images = _count_text(item, inside_text=inside_text or key in _TEXT_KEYS)
+            sub_chars, sub_images = _count_text(item, inside_text=key in _TEXT_KEYS)
             chars += sub_chars
             images += sub_images
     elif isinstance(value, list):

@@ -1,0 +1,143 @@
+"""What one benchmark run found: per-target numbers, the targets checked, the table and files."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from latency import Distribution
+from throughput import WrkResult
+
+# The gateway's budget relative to the floor (see bench/README.md).
+CPU_RATIO_MAX = 1.25
+ADDED_P50_SLACK_MS = 0.2
+ADDED_TTFB_SLACK_MS = 0.3
+RSS_MAX_MB = 80.0
+
+
+@dataclass(frozen=True, slots=True)
+class TargetResult:
+    """Everything measured against one target. Proxy-only fields are None for `direct`."""
+
+    name: str
+    latency: Distribution
+    ttfb: Distribution
+    throughput: WrkResult
+    cpu_us_per_request: float | None = None
+    cpu_busy: float | None = None  # proxy CPU seconds per wall second during the wrk run
+    peak_rss_mb: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Metering:
+    """Events that reached Redis during the gateway phase, against the requests it served."""
+
+    events: int
+    requests_completed: int
+    allowance: int  # requests wrk may have left in flight when it stopped (still metered)
+
+    @property
+    def ok(self) -> bool:
+        return self.requests_completed <= self.events <= self.requests_completed + self.allowance
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    measured: float
+    limit: float
+
+    @property
+    def passed(self) -> bool:
+        return self.measured <= self.limit
+
+
+def checks(direct: TargetResult, floor: TargetResult, gateway: TargetResult) -> list[Check]:
+    def added(result: TargetResult, series: str) -> float:
+        return float(getattr(result, series).p50_ms - getattr(direct, series).p50_ms)
+
+    floor_cpu = floor.cpu_us_per_request or math.nan
+    return [
+        Check("CPU/request gateway/floor", (gateway.cpu_us_per_request or 0) / floor_cpu,
+              CPU_RATIO_MAX),
+        Check("added p50 ms (gateway)", added(gateway, "latency"),
+              added(floor, "latency") + ADDED_P50_SLACK_MS),
+        Check("added stream TTFB p50 ms (gateway)", added(gateway, "ttfb"),
+              added(floor, "ttfb") + ADDED_TTFB_SLACK_MS),
+        Check("peak RSS MB (gateway)", gateway.peak_rss_mb or math.inf, RSS_MAX_MB),
+    ]  # fmt: skip
+
+
+def render(results: list[TargetResult], found: list[Check], metering: Metering) -> str:
+    direct = results[0]
+    lines = [
+        "| target | p50 ms | p99 ms | +p50 ms | +p99 ms | TTFB p50 | TTFB p99 | +TTFB p50 "
+        "| +TTFB p99 | req/s @64 | CPU µs/req | CPU busy | peak RSS MB |",
+        "|---|" + "---:|" * 12,
+    ]
+    for r in results:
+        is_direct = r is direct
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r.name,
+                    f"{r.latency.p50_ms:.3f}",
+                    f"{r.latency.p99_ms:.3f}",
+                    "—" if is_direct else f"{r.latency.p50_ms - direct.latency.p50_ms:+.3f}",
+                    "—" if is_direct else f"{r.latency.p99_ms - direct.latency.p99_ms:+.3f}",
+                    f"{r.ttfb.p50_ms:.3f}",
+                    f"{r.ttfb.p99_ms:.3f}",
+                    "—" if is_direct else f"{r.ttfb.p50_ms - direct.ttfb.p50_ms:+.3f}",
+                    "—" if is_direct else f"{r.ttfb.p99_ms - direct.ttfb.p99_ms:+.3f}",
+                    f"{r.throughput.requests_per_s:,.0f}",
+                    _optional(r.cpu_us_per_request, "{:.0f}"),
+                    _optional(r.cpu_busy, "{:.0%}"),
+                    _optional(r.peak_rss_mb, "{:.1f}"),
+                ]
+            )
+            + " |"
+        )
+    lines.append("")
+    for check in found:
+        verdict = "PASS" if check.passed else "MISS"
+        lines.append(f"- {verdict} {check.name}: {check.measured:.3f} (limit {check.limit:.3f})")
+    verdict = "OK" if metering.ok else "FAIL"
+    lines.append(
+        f"- metering {verdict}: {metering.events} events in Redis for "
+        f"{metering.requests_completed} completed gateway requests "
+        f"(+ up to {metering.allowance} cut off by wrk's stop)"
+    )
+    return "\n".join(lines)
+
+
+def save(
+    directory: Path,
+    table: str,
+    results: list[TargetResult],
+    found: list[Check],
+    metering: Metering,
+    plan: dict[str, Any],
+) -> Path:
+    """Write `<stamp>.md` and `<stamp>.json` into `directory`; returns the JSON path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (directory / f"{stamp}.md").write_text(table + "\n")
+    document = {
+        "at": stamp,
+        "plan": plan,
+        "targets": [asdict(r) for r in results],
+        "checks": [{**asdict(c), "passed": c.passed} for c in found],
+        "metering": {**asdict(metering), "ok": metering.ok},
+    }
+    path = directory / f"{stamp}.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def _optional(value: float | None, template: str) -> str:
+    return "—" if value is None else template.format(value)

@@ -1,0 +1,80 @@
+"""Shared fixtures: a real Redis, the fake OpenAI upstream, and the proxy as a real process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from llm_gateway_fakes.openai import FakeOpenAI, FakeOpenAIServer
+from tests.support.proxy import ProxyProcess
+from tests.support.servers import redis_url as start_redis
+
+UPSTREAM_KEY = "sk-upstream-test-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with start_redis() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def upstream_server() -> Iterator[FakeOpenAIServer]:
+    server = FakeOpenAIServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def upstream(upstream_server: FakeOpenAIServer) -> FakeOpenAI:
+    """The fake provider, reset for each test; it expects the gateway's server-side key."""
+    upstream_server.fake.reset()
+    upstream_server.fake.behaviour.api_key = UPSTREAM_KEY
+    return upstream_server.fake
+
+
+ProxyFactory = Callable[..., ProxyProcess]
+
+
+@pytest.fixture(scope="session")
+def proxy_factory(redis_url: str, upstream_server: FakeOpenAIServer) -> Iterator[ProxyFactory]:
+    """Start extra proxies with their own settings (env overrides); all stopped at the end."""
+    started: list[ProxyProcess] = []
+
+    def start(**env: str) -> ProxyProcess:
+        base = {
+            "UPSTREAM_OPENAI_BASE_URL": upstream_server.base_url,
+            "UPSTREAM_OPENAI_API_KEY": UPSTREAM_KEY,
+            "REDIS_URL": redis_url,
+        }
+        proxy = ProxyProcess({**base, **env}).start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(proxy_factory: ProxyFactory) -> ProxyProcess:
+    """The proxy with default settings, shared by the tests that need nothing special."""
+    return proxy_factory()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client, as an application that does not use an SDK would be."""
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session
