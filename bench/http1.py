@@ -62,10 +62,7 @@ class Connection:
         started = time.perf_counter_ns()
         self._sock.sendall(raw)
         status, length, chunked = self._receive_head()
-        if chunked:
-            first = self._receive_chunked()
-        else:
-            first = self._receive_sized(length)
+        first = self._receive_chunked() if chunked else self._receive_sized(length)
         self._compact()
         finished = time.perf_counter_ns()
         first = first or finished

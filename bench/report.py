@@ -118,6 +118,7 @@ def render(results: list[TargetResult], found: list[Check], metering: Metering) 
 def save(
     directory: Path,
     table: str,
+    *,
     results: list[TargetResult],
     found: list[Check],
     metering: Metering,

@@ -54,9 +54,7 @@ def write_script(directory: Path, body: bytes) -> Path:
     return path
 
 
-def run_wrk(
-    url: str, script: Path, *, connections: int, seconds: float, cpu: int
-) -> WrkResult:
+def run_wrk(url: str, script: Path, *, connections: int, seconds: float, cpu: int) -> WrkResult:
     """Run wrk (one thread, pinned to `cpu`) and return its summary; LoadErrors on any error."""
     argv = [
         "taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import warnings
 
 import uvloop
 from hypercorn.asyncio import serve
@@ -23,6 +24,9 @@ def main() -> None:
         print(f"llm-gateway-proxy: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     configure_logging(settings.log_level)
+    # aiohttp warns on any bytes body over 1 MB (vision requests); one in-memory write to the
+    # transport does not block the loop, and the warning would only add noise to the logs.
+    warnings.filterwarnings("ignore", "Sending a large body directly", ResourceWarning)
     uvloop.run(run(settings))
 
 
