@@ -43,11 +43,17 @@ class Connection:
     """One persistent connection; `request` sends a prebuilt request and reads the whole answer."""
 
     def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
-        self._sock = socket.create_connection((host, port), timeout=timeout)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._address = (host, port)
+        self._timeout = timeout
+        self._sock = self._connect()
         self._buf = bytearray()
         self._pos = 0
         self._last_recv_ns = 0
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(self._address, timeout=self._timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def close(self) -> None:
         self._sock.close()
@@ -61,22 +67,27 @@ class Connection:
     def request(self, raw: bytes) -> Timing:
         started = time.perf_counter_ns()
         self._sock.sendall(raw)
-        status, length, chunked = self._receive_head()
+        status, length, chunked, closing = self._receive_head()
         first = self._receive_chunked() if chunked else self._receive_sized(length)
-        self._compact()
         finished = time.perf_counter_ns()
+        self._compact()
+        if closing:  # e.g. Hypercorn's keep_alive_max_requests; reconnect outside the clock
+            self._sock.close()
+            self._buf.clear()
+            self._sock = self._connect()
         first = first or finished
         return Timing(status, first - started, finished - started)
 
-    def _receive_head(self) -> tuple[int, int, bool]:
-        """Status, Content-Length (0 if absent) and whether the body is chunked."""
+    def _receive_head(self) -> tuple[int, int, bool, bool]:
+        """Status, Content-Length (0 if absent), whether the body is chunked, and whether the
+        server will close the connection after this response."""
         end = self._find(b"\r\n\r\n")
         lines = bytes(self._buf[self._pos : end]).split(b"\r\n")
         self._pos = end + 4
         parts = lines[0].split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
             raise ProtocolError(f"bad status line {lines[0]!r}")
-        length, chunked = 0, False
+        length, chunked, closing = 0, False, False
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
@@ -84,7 +95,9 @@ class Connection:
                 length = int(value)
             elif name == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
-        return int(parts[1]), length, chunked
+            elif name == b"connection":
+                closing = b"close" in value.lower()
+        return int(parts[1]), length, chunked, closing
 
     def _receive_sized(self, length: int) -> int:
         """Read a Content-Length body; the time its first byte arrived (0 when empty)."""

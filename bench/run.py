@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no py.typed, no stubs installed
 import redis
 from children import Child, Children, free_port
 from http1 import build_request

@@ -1,0 +1,51 @@
+# llm-gateway: `make demo` runs it all locally, `make test` runs every test.
+# Both work on a fresh Debian machine with only Python 3.11: missing tools are installed here
+# (uv into .tools/, the workspace into .venv/, redis-server from Debian's packages).
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+UV_DEP := $(filter .tools/bin/uv,$(UV))
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help deps demo test pytest lint typecheck bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+.venv/.synced: uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml) $(UV_DEP)
+	$(UV) sync --frozen --python $(PYTHON) --quiet
+	@touch $@
+
+deps: .venv/.synced  ## install everything the gateway and its tests need
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+demo: deps  ## run Redis, a fake OpenAI upstream and the proxy; send a request; show its event
+	$(UV) run --frozen python scripts/demo.py
+
+test: deps lint typecheck pytest  ## lint, type-check and run every test
+
+pytest: deps
+	$(UV) run --frozen pytest
+
+lint: deps
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+
+typecheck: deps
+	$(UV) run --frozen mypy
+
+bench: deps  ## the gateway vs the bare stack vs direct, on this machine (needs wrk)
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	$(UV) run --frozen python bench/run.py
+
+clean:
+	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
