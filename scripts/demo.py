@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+
+from llm_gateway_fakes.localnet import free_port, wait_for_port
 
 BIN = Path(sys.executable).parent
 STREAM = "llm-gateway:events"
@@ -113,21 +114,6 @@ def wait_for_event(client: redis.Redis, request_id: str) -> dict[str, object]:
                 return dict(event)
         time.sleep(0.05)
     sys.exit(f"no event arrived for {request_id}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    sys.exit(f"nothing listens on 127.0.0.1:{port}")
 
 
 if __name__ == "__main__":
