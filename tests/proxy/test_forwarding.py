@@ -142,3 +142,18 @@ async def test_models_listing(
         listing = await response.json()
     assert {m["id"] for m in listing["data"]} >= {"gpt-4o-mini"}
     assert upstream.received[-1].method == "GET"
+
+
+async def test_stream_chunks_reach_the_client_before_the_upstream_finishes(
+    proxy: ProxyProcess, upstream: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    upstream.behaviour.words = 30
+    upstream.behaviour.chunk_delay = 0.05
+    async with http.post(f"{proxy.base_url}/v1/chat/completions",
+                         json={**CHAT, "stream": True}) as response:  # fmt: skip
+        first = await response.content.readany()
+        assert first.startswith(b"data: ")
+        assert upstream.streams_completed == 0, "the gateway held the stream back"
+        rest = await response.read()
+    assert (first + rest).endswith(b"data: [DONE]\n\n")
+    assert upstream.streams_completed == 1

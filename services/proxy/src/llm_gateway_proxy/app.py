@@ -19,6 +19,7 @@ from llm_gateway_common.streams import connect_redis
 from llm_gateway_proxy import health
 from llm_gateway_proxy.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from llm_gateway_proxy.errors import GatewayError, MethodNotAllowed, NotFound
+from llm_gateway_proxy.exchange import REQUEST_ID_HEADER, new_request_id
 from llm_gateway_proxy.gateway import Gateway
 from llm_gateway_proxy.handlers import ProxyHandler
 from llm_gateway_proxy.metering import EventPublisher
@@ -102,4 +103,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def _render(err: GatewayError) -> Response:
-    return Response(err.body(), status_code=err.status, media_type="application/json")
+    return Response(
+        err.body(), status_code=err.status, media_type="application/json",
+        headers={REQUEST_ID_HEADER: new_request_id()},
+    )  # fmt: skip

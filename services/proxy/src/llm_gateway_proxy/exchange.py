@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from llm_gateway_common.events import Outcome, UsageEvent, UsageSource
 from llm_gateway_proxy.usage import Usage, estimate_tokens
 
+REQUEST_ID_HEADER = "X-LLM-Request-ID"
 MAX_HEADER_ID = 256
 _ESTIMABLE = frozenset({"ok", "client_disconnected"})
 
@@ -37,7 +38,7 @@ class Exchange:
         *,
         metered: bool,
     ) -> None:
-        self.request_id = uuid.uuid4().hex
+        self.request_id = new_request_id()
         self.started_at = time.time()
         self.started = time.perf_counter()
         self.finished: float | None = None
@@ -141,6 +142,10 @@ class Exchange:
             captured_response=response_capture,
             captured_response_truncated=response_cut,
         )
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _header_text(value: bytes | None) -> str | None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from llm_gateway_proxy.exchange import REQUEST_ID_HEADER, new_request_id
 from llm_gateway_proxy.gateway import Gateway
 
 
+def _answer(payload: dict[str, object], status: int = 200) -> JSONResponse:
+    return JSONResponse(payload, status_code=status, headers={REQUEST_ID_HEADER: new_request_id()})
+
+
 async def live(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+    return _answer({"status": "ok"})
 
 
 async def ready(request: Request) -> JSONResponse:
@@ -17,14 +22,14 @@ async def ready(request: Request) -> JSONResponse:
     is fail-open and events wait in the queue, so requests are still served in full."""
     gateway: Gateway = request.state.gateway
     if gateway.stopping.is_set():
-        return JSONResponse({"status": "shutting_down"}, status_code=503)
-    return JSONResponse({"status": "ready"})
+        return _answer({"status": "shutting_down"}, 503)
+    return _answer({"status": "ready"})
 
 
 async def health(request: Request) -> JSONResponse:
     gateway: Gateway = request.state.gateway
     publisher = gateway.publisher
-    return JSONResponse(
+    return _answer(
         {
             "status": "shutting_down" if gateway.stopping.is_set() else "ok",
             "events": {
