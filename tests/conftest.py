@@ -1,7 +1,8 @@
-"""Shared fixtures: a real Redis, the fake OpenAI upstream, and the proxy as a real process."""
+"""Shared fixtures: real Redis and Postgres, the fake OpenAI upstream, our services as processes."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
@@ -9,8 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from llm_gateway_fakes.openai import FakeOpenAI, FakeOpenAIServer
-from tests.support.proxy import ProxyProcess
+from tests.support.postgres import postgres_dsn
 from tests.support.servers import redis_url as start_redis
+from tests.support.services import CollectorProcess, ProxyProcess
 
 UPSTREAM_KEY = "sk-upstream-test-0123456789abcdef"
 
@@ -78,3 +80,34 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with postgres_dsn() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def stream_name(request: pytest.FixtureRequest) -> str:
+    """A stream of this test's own, so tests never see each other's events."""
+    return f"test:{request.node.name}:{uuid.uuid4().hex[:8]}"
+
+
+CollectorFactory = Callable[..., CollectorProcess]
+
+
+@pytest.fixture
+def collector_factory(redis_url: str) -> Iterator[CollectorFactory]:
+    """Start collectors (env overrides); any still running are killed after the test."""
+    started: list[CollectorProcess] = []
+
+    def start(**env: str) -> CollectorProcess:
+        base = {"REDIS_URL": redis_url, "COLLECTOR_BLOCK_MS": "100", "REDIS_TIMEOUT": "2"}
+        collector = CollectorProcess({**base, **env}).start()
+        started.append(collector)
+        return collector
+
+    yield start
+    for collector in started:
+        collector.stop()

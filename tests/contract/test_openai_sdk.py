@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from llm_gateway_fakes.openai import FakeOpenAI
 from tests.support.events import event_for
-from tests.support.proxy import ProxyProcess
+from tests.support.services import ProxyProcess
 
 MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "Say hello in five words"}]
 

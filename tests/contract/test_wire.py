@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from llm_gateway_fakes.openai import FakeOpenAI
 from tests.support.events import event_for
-from tests.support.proxy import ProxyProcess
+from tests.support.services import ProxyProcess
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello there"}]}
 

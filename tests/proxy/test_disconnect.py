@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from llm_gateway_common.events import UsageEvent
 from llm_gateway_fakes.openai import FakeOpenAI
 from tests.support.events import all_events
-from tests.support.proxy import ProxyProcess
+from tests.support.services import ProxyProcess
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "tell me a long story"}]}
 

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from llm_gateway_fakes.openai import FakeOpenAI
 from tests.conftest import UPSTREAM_KEY
 from tests.support.events import event_for
-from tests.support.proxy import ProxyProcess
+from tests.support.services import ProxyProcess
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "say hello please"}]}
 

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from llm_gateway_fakes.openai import FakeOpenAI
 from tests.conftest import UPSTREAM_KEY, ProxyFactory
 from tests.support.events import event_for
-from tests.support.proxy import ProxyProcess
+from tests.support.services import ProxyProcess
 
 MESSAGES = [{"role": "user", "content": "one two three four"}]
 

@@ -6,6 +6,7 @@ Producers and consumers use these helpers so the entry layout is defined once.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -21,7 +22,7 @@ def entry_fields(event: UsageEvent) -> dict[str, bytes]:
     return {ENTRY_FIELD: encode_event(event)}
 
 
-def event_from_fields(fields: Mapping[bytes | str, bytes | str]) -> UsageEvent:
+def event_from_fields(fields: Mapping[Any, Any]) -> UsageEvent:
     """Decode an entry read back from the stream; raises ValueError when it holds no event."""
     raw = fields.get(ENTRY_FIELD.encode()) or fields.get(ENTRY_FIELD)
     if raw is None:

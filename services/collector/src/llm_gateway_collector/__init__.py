@@ -1,0 +1,1 @@
+"""The llm-gateway collector: every usage event into NDJSON or the Postgres ledger, once."""

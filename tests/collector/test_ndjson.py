@@ -1,0 +1,108 @@
+"""The NDJSON sink: every event a line, durably, acknowledged only after; poison to the DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import redis.asyncio as aioredis
+
+from llm_gateway_common.events import decode_event, encode_event
+from tests.conftest import CollectorFactory
+from tests.support.events import make_event, produce
+
+
+async def until(check: object, what: str, deadline: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
+    while not await check():  # type: ignore[operator]
+        if loop.time() > give_up:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines() if path.exists() else []
+
+
+async def pending(redis: aioredis.Redis, stream: str, group: str = "collector") -> int:
+    summary = await redis.xpending(stream, group)
+    return int(summary["pending"])
+
+
+async def test_events_are_appended_to_a_file_exactly_as_encoded(
+    collector_factory: CollectorFactory, redis: aioredis.Redis, stream_name: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"")  # appended to, never truncated
+    events = [make_event(i) for i in range(250)]
+    await produce(redis, stream_name, events)
+    collector_factory(EVENTS_STREAM=stream_name, EVENT_LOG_PATH=str(path))
+
+    async def all_written() -> bool:
+        return len(lines(path)) >= len(events)
+
+    await until(all_written, "every event in the file")
+    assert lines(path) == [encode_event(e) for e in events]
+    await until(lambda: _zero(pending(redis, stream_name)), "every entry acknowledged")
+
+
+async def _zero(count: object) -> bool:
+    return await count == 0  # type: ignore[misc]
+
+
+async def test_stdout_gets_only_events_and_logs_go_to_stderr(
+    collector_factory: CollectorFactory, redis: aioredis.Redis, stream_name: str
+) -> None:
+    events = [make_event(i) for i in range(20)]
+    collector = collector_factory(EVENTS_STREAM=stream_name)
+    await produce(redis, stream_name, events)
+
+    async def all_out() -> bool:
+        return len(collector.stdout_text().splitlines()) >= len(events)
+
+    await until(all_out, "events on stdout")
+    written = [decode_event(line) for line in collector.stdout_text().splitlines()]
+    assert [e.event_id for e in written] == [e.event_id for e in events]
+    assert "consumer_group_created" in collector.stderr_path.read_text()
+
+
+async def test_poison_entries_go_to_the_dead_letter_stream_and_the_rest_flows(
+    collector_factory: CollectorFactory, redis: aioredis.Redis, stream_name: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.ndjson"
+    good = [make_event(i) for i in range(3)]
+    await produce(redis, stream_name, good[:1])
+    await redis.xadd(stream_name, {"data": b"{not json"})
+    await redis.xadd(stream_name, {"something": b"else"})
+    await redis.xadd(stream_name, {"data": orjson.dumps({"event_id": "x", "tenant": 5})})
+    await produce(redis, stream_name, good[1:])
+    collector = collector_factory(EVENTS_STREAM=stream_name, EVENT_LOG_PATH=str(path))
+
+    async def good_written() -> bool:
+        return len(lines(path)) == 3
+
+    await until(good_written, "the good events")
+    dead = await redis.xrange(f"{stream_name}:dlq", "-", "+")
+    assert len(dead) == 3
+    reasons = [fields[b"reason"].decode() for _, fields in dead]
+    assert all(reason.startswith("undecodable entry") for reason in reasons)
+    assert dead[0][1][b"data"] == b"{not json"
+    await until(lambda: _zero(pending(redis, stream_name)), "poison acknowledged too")
+    assert "entries_dead_lettered" in collector.log_text()
+
+
+async def test_sigterm_finishes_and_acknowledges_then_exits(
+    collector_factory: CollectorFactory, redis: aioredis.Redis, stream_name: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.ndjson"
+    collector = collector_factory(EVENTS_STREAM=stream_name, EVENT_LOG_PATH=str(path))
+    await produce(redis, stream_name, [make_event(i) for i in range(100)])
+
+    async def written() -> bool:
+        return len(lines(path)) == 100
+
+    await until(written, "events written")
+    assert await asyncio.to_thread(collector.terminate) == 0
+    assert await pending(redis, stream_name) == 0

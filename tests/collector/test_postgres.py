@@ -1,0 +1,204 @@
+"""The Postgres ledger: every event exactly once, through crashes, outages and redelivery."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from llm_gateway_collector.ledger_schema import migrate
+from tests.collector.test_ndjson import pending, until
+from tests.conftest import CollectorFactory
+from tests.support.events import make_event, produce
+from tests.support.postgres import LocalPostgres
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    yield connection
+    await connection.close()
+
+
+async def rows_for(db: asyncpg.Connection, tenant_prefix: str) -> list[asyncpg.Record]:
+    query = ("SELECT event_id, count(*) OVER (PARTITION BY event_id) AS copies "
+             "FROM usage_events WHERE tenant LIKE $1")  # fmt: skip
+    return await db.fetch(query, tenant_prefix + "%")
+
+
+async def test_batches_land_once_and_redelivery_does_not_double_count(
+    collector_factory: CollectorFactory,
+    redis: aioredis.Redis,
+    db: asyncpg.Connection,
+    database_url: str,
+    stream_name: str,
+) -> None:
+    tenant = f"ledger-{stream_name[-8:]}"
+    events = [make_event(i, tenant=f"{tenant}-{i % 2}") for i in range(300)]
+    await produce(redis, stream_name, events + events[:50])  # the proxy may repeat an event
+    collector_factory(EVENTS_STREAM=stream_name, COLLECTOR_SINK="postgres",
+                      DATABASE_URL=database_url)  # fmt: skip
+
+    async def landed() -> bool:
+        return len(await rows_for(db, tenant)) == 300 and await pending(redis, stream_name) == 0
+
+    await until(landed, "300 rows")
+    rows = await rows_for(db, tenant)
+    assert {r["event_id"] for r in rows} == {e.event_id for e in events}
+    assert all(r["copies"] == 1 for r in rows)
+    stored = await db.fetchrow("SELECT * FROM usage_events WHERE event_id = $1", events[7].event_id)
+    assert stored is not None
+    for name in ("request_id", "tenant", "model", "prompt_tokens", "total_tokens", "outcome",
+                 "started_at", "latency_ms", "usage_source"):  # fmt: skip
+        assert stored[name] == getattr(events[7], name), name
+
+
+async def test_usage_daily_view_and_indexes(
+    collector_factory: CollectorFactory,
+    redis: aioredis.Redis,
+    db: asyncpg.Connection,
+    database_url: str,
+    stream_name: str,
+) -> None:
+    tenant = f"daily-{stream_name[-8:]}"
+    events = [make_event(i, tenant=tenant, model="gpt-4o", prompt_tokens=10, completion_tokens=2,
+                         total_tokens=12, outcome="ok" if i % 4 else "upstream_error")
+              for i in range(8)]  # fmt: skip
+    await produce(redis, stream_name, events)
+    collector_factory(EVENTS_STREAM=stream_name, COLLECTOR_SINK="postgres",
+                      DATABASE_URL=database_url)  # fmt: skip
+
+    async def landed() -> bool:
+        return len(await rows_for(db, tenant)) == 8
+
+    await until(landed, "8 rows")
+    daily = await db.fetchrow("SELECT * FROM usage_daily WHERE tenant = $1", tenant)
+    assert daily is not None
+    assert (daily["requests"], daily["errors"]) == (8, 2)
+    assert (daily["prompt_tokens"], daily["completion_tokens"], daily["total_tokens"]) == (
+        80,
+        16,
+        96,
+    )
+    assert daily["day"] == events[0].started_at.date()
+    indexes = {r["indexname"] for r in await db.fetch(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'usage_events'")}  # fmt: skip
+    assert {"usage_events_tenant_time", "usage_events_model_time"} <= indexes
+    plan = await db.fetchval(
+        "EXPLAIN SELECT * FROM usage_events WHERE tenant = 'x' AND started_at > now()"
+    )
+    assert "usage_events_tenant_time" in plan or "Bitmap" in plan
+
+
+async def test_migrations_are_safe_from_several_replicas_at_once() -> None:
+    server = LocalPostgres().start()
+    try:
+        connections = [await asyncpg.connect(server.dsn) for _ in range(4)]
+        await asyncio.gather(*(migrate(c) for c in connections))
+        await asyncio.gather(*(migrate(c) for c in connections))  # and again: idempotent
+        count = await connections[0].fetchval("SELECT count(*) FROM usage_events")
+        assert count == 0
+        for connection in connections:
+            await connection.close()
+    finally:
+        server.destroy()
+
+
+async def test_postgres_outage_mid_run_loses_nothing(
+    collector_factory: CollectorFactory, redis: aioredis.Redis, stream_name: str
+) -> None:
+    # Durable (fsync, synchronous commit) and stopped like a crash: what was committed stays.
+    server = LocalPostgres(durable=True).start()
+    try:
+        collector = collector_factory(EVENTS_STREAM=stream_name, COLLECTOR_SINK="postgres",
+                                      DATABASE_URL=server.dsn, DATABASE_TIMEOUT="1")  # fmt: skip
+        db = await asyncpg.connect(server.dsn)
+        first = [make_event(i) for i in range(200)]
+        await produce(redis, stream_name, first)
+
+        async def count_is(n: int) -> bool:
+            return await db.fetchval("SELECT count(*) FROM usage_events") == n
+
+        await until(lambda: count_is(200), "first 200 rows")
+        await db.close()
+        server.stop()
+        second = [make_event(i) for i in range(300)]
+        await produce(redis, stream_name, second)
+
+        async def unready() -> bool:
+            import aiohttp  # noqa: PLC0415
+
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(collector.base_url + "/ready") as r,
+            ):
+                return r.status == 503
+
+        await until(unready, "/ready to report the database gone")
+        assert await pending(redis, stream_name) > 0, "nothing may be acknowledged while down"
+        server.start()
+        db = await asyncpg.connect(server.dsn)
+        await until(lambda: count_is(500), "all 500 rows after Postgres returned")
+        assert await db.fetchval("SELECT count(DISTINCT event_id) FROM usage_events") == 500
+        await db.close()
+        await until(lambda: _none_pending(redis, stream_name), "everything acknowledged")
+        assert "sink_unavailable" in collector.log_text()
+        assert "sink_recovered" in collector.log_text()
+    finally:
+        server.destroy()
+
+
+async def _none_pending(redis: aioredis.Redis, stream: str) -> bool:
+    return await pending(redis, stream) == 0
+
+
+async def test_kill_9_repeatedly_while_events_flow_every_event_lands_exactly_once(
+    collector_factory: CollectorFactory,
+    redis: aioredis.Redis,
+    db: asyncpg.Connection,
+    database_url: str,
+    stream_name: str,
+) -> None:
+    tenant = f"crash-{stream_name[-8:]}"
+    total = 6000
+    events = [make_event(i, tenant=tenant) for i in range(total)]
+    settings = {"EVENTS_STREAM": stream_name, "COLLECTOR_SINK": "postgres",
+                "DATABASE_URL": database_url, "COLLECTOR_BATCH_SIZE": "200",
+                "COLLECTOR_CLAIM_IDLE_MS": "500"}  # fmt: skip
+
+    async def producer() -> None:
+        for start in range(0, total, 100):
+            await produce(redis, stream_name, events[start : start + 100])
+            await asyncio.sleep(0.01)
+
+    producing = asyncio.create_task(producer())
+    rng = random.Random(7)
+    kills = 0
+    while not producing.done() or kills < 6:
+        # Alternate names: a restarted pod keeps its name (own pending re-read) or gets a new
+        # one (the dead consumer's pending entries must be reclaimed with XAUTOCLAIM).
+        name = "replica-a" if kills % 2 == 0 else f"replica-{kills}"
+        collector = collector_factory(**settings, COLLECTOR_CONSUMER=name)
+        await asyncio.sleep(rng.uniform(0.1, 0.5))
+        collector.kill()
+        kills += 1
+    await producing
+    collector_factory(**settings, COLLECTOR_CONSUMER="replica-final")
+
+    async def all_landed() -> bool:
+        return (
+            await db.fetchval("SELECT count(*) FROM usage_events WHERE tenant = $1", tenant)
+            == total
+            and await pending(redis, stream_name) == 0
+        )
+
+    await until(all_landed, f"all {total} events after {kills} kill -9s", deadline=60)
+    duplicates = await db.fetchval(
+        "SELECT count(*) - count(DISTINCT event_id) FROM usage_events WHERE tenant = $1", tenant
+    )
+    assert duplicates == 0
+    assert kills >= 6
