@@ -1,6 +1,6 @@
 # llm-gateway: `make demo` runs it all locally, `make test` runs every test.
 # Both work on a fresh Debian machine with only Python 3.11: missing tools are installed here
-# (uv into .tools/, the workspace into .venv/, redis-server from Debian's packages).
+# (uv into .tools/, the workspace into .venv/, redis-server and postgresql from Debian).
 
 PYTHON ?= python3
 UV_VERSION := 0.13.8
@@ -22,12 +22,17 @@ help:  ## list the targets
 	@touch $@
 
 deps: .venv/.synced  ## install everything the gateway and its tests need
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server from Debian's packages"; \
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing from Debian's packages"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
-demo: deps  ## run Redis, a fake OpenAI upstream and the proxy; send a request; show its event
+demo: deps  ## Redis, fake upstream, proxy, collector; send a request; show its event arrive
 	$(UV) run --frozen python scripts/demo.py
 
 test: deps lint typecheck pytest  ## lint, type-check and run every test

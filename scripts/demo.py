@@ -1,8 +1,9 @@
 """`make demo`: the whole gateway on this machine, one request through it, and its usage event.
 
 Starts a private Redis, the fake OpenAI upstream (or the real OpenAI API when
-UPSTREAM_OPENAI_API_KEY is set), and `llm-gateway-proxy`; sends a chat completion and a streamed
-one through the gateway; prints the answers and the events they produced in the Redis stream.
+UPSTREAM_OPENAI_API_KEY is set), `llm-gateway-proxy` and `llm-gateway-collector` (NDJSON); sends a
+chat completion and a streamed one through the gateway; prints the answers, the events they
+produced in the Redis stream, and the lines the collector wrote for them.
 Interactive terminals keep everything running (Ctrl-C stops it); otherwise it exits.
 """
 
@@ -30,7 +31,7 @@ STREAM = "llm-gateway:events"
 
 
 def main() -> None:
-    with services() as (proxy_url, redis_url, upstream):
+    with services() as (proxy_url, redis_url, upstream, ndjson):
         print(f"\n== gateway at {proxy_url} (upstream: {upstream})\n")
         body = {"model": os.environ.get("DEMO_MODEL", "gpt-4o-mini"),
                 "messages": [{"role": "user", "content": "Say hello in five words."}]}  # fmt: skip
@@ -46,6 +47,10 @@ def main() -> None:
             event = wait_for_event(client, wanted)
             print(f"== usage event for {wanted} (XRANGE {STREAM}):")
             print(json.dumps(event, indent=2) + "\n")
+        print(f"== the collector's NDJSON ({ndjson}):")
+        for wanted in (request_id, stream_id):
+            print(wait_for_line(ndjson, wanted))
+        print()
         if sys.stdin.isatty():
             print(f"Gateway running: point an OpenAI client at {proxy_url}/v1 "
                   f"(redis-cli -u {redis_url} XRANGE {STREAM} - +). Ctrl-C stops.")  # fmt: skip
@@ -54,7 +59,7 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def services() -> Iterator[tuple[str, str, str]]:
+def services() -> Iterator[tuple[str, str, str, Path]]:
     workdir = Path(tempfile.mkdtemp(prefix="llm-gateway-demo-"))
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -84,9 +89,15 @@ def services() -> Iterator[tuple[str, str, str]]:
             upstream += "UPSTREAM_OPENAI_API_KEY to use the real one)"
         wait_for_port(redis_port)
         spawn([str(BIN / "llm-gateway-proxy")], env, log="proxy.log")
+        ndjson = workdir / "usage.ndjson"
+        collector_port = free_port()
+        collector_env = {"REDIS_URL": env["REDIS_URL"], "EVENT_LOG_PATH": str(ndjson),
+                         "COLLECTOR_LISTEN_ADDR": f"127.0.0.1:{collector_port}"}  # fmt: skip
+        spawn([str(BIN / "llm-gateway-collector")], collector_env, log="collector.log")
         wait_for_port(proxy_port)
+        wait_for_port(collector_port)
         print(f"logs in {workdir}")
-        yield f"http://127.0.0.1:{proxy_port}", env["REDIS_URL"], upstream
+        yield f"http://127.0.0.1:{proxy_port}", env["REDIS_URL"], upstream, ndjson
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
@@ -114,6 +125,17 @@ def wait_for_event(client: redis.Redis, request_id: str) -> dict[str, object]:
                 return dict(event)
         time.sleep(0.05)
     sys.exit(f"no event arrived for {request_id}")
+
+
+def wait_for_line(path: Path, request_id: str) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if json.loads(line)["request_id"] == request_id:
+                    return line
+        time.sleep(0.05)
+    sys.exit(f"the collector wrote no line for {request_id}")
 
 
 if __name__ == "__main__":
