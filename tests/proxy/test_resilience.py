@@ -44,9 +44,12 @@ async def test_requests_succeed_while_redis_is_down_and_events_arrive_when_it_re
             ids.append(response.headers["X-LLM-Request-ID"])
     async with http.get(f"{proxy.base_url}/ready") as response:
         assert response.status == 200
-    state = await health(http, proxy.base_url)
-    assert state["events"] == {"redis_healthy": False, "queued": 5, "written": 0, "dropped": 0}
 
+    async def waiting_for_redis() -> bool:
+        state = await health(http, proxy.base_url)
+        return state["events"] == {"redis_healthy": False, "queued": 5, "written": 0, "dropped": 0}
+
+    await eventually(waiting_for_redis, "the publisher to find Redis down and hold the events")
     server.start()
     client = aioredis.Redis.from_url(server.url)
     try:

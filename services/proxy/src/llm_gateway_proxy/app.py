@@ -44,6 +44,7 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
             maxlen=settings.events_maxlen,
             queue_size=settings.event_queue_size,
             batch_size=settings.event_batch_size,
+            flush_interval=settings.event_flush_interval,
             timeout=settings.redis_timeout,
         )
         runner = asyncio.create_task(publisher.run(), name="event-publisher")

@@ -1,16 +1,18 @@
 """Usage events leave the request path here: a bounded in-memory queue drained into Redis.
 
 `publish` never blocks and never fails the request. A background batcher writes queued events
-with one pipelined XADD per batch. While Redis is down or slow, events wait in the queue (up to
-`queue_size`) and are written when it returns; past the bound, new events are dropped, and every
-drop is counted and logged (at most once per `_DROP_LOG_INTERVAL`, so an outage cannot flood the
-logs). A pipeline interrupted mid-way may be retried whole, so an event can reach the stream
-twice; consumers are idempotent on `event_id`.
+with one pipelined XADD per batch, lingering up to `flush_interval` for a batch to fill, so light
+traffic does not pay a Redis round trip per request. While Redis is down or slow, events wait in
+the queue (up to `queue_size`) and are written when it returns; past the bound, new events are
+dropped, and every drop is counted and logged (at most once per `_DROP_LOG_INTERVAL`, so an
+outage cannot flood the logs). A pipeline interrupted mid-way may be retried whole, so an event
+can reach the stream twice; consumers are idempotent on `event_id`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 
@@ -39,6 +41,7 @@ class EventPublisher:
         maxlen: int,
         queue_size: int,
         batch_size: int,
+        flush_interval: float,
         timeout: float,
     ) -> None:
         self._redis = redis
@@ -46,9 +49,11 @@ class EventPublisher:
         self._maxlen = maxlen or None
         self._queue_size = queue_size
         self._batch_size = batch_size
+        self._flush_interval = flush_interval
         self._timeout = timeout
         self._queue: deque[UsageEvent] = deque()
         self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()
         self._closing = False
         self._last_drop_log = 0.0
         self.written = 0
@@ -66,8 +71,10 @@ class EventPublisher:
             self._drop(1)
             return
         self._queue.append(event)
-        if len(self._queue) >= self._batch_size or not self._wakeup.is_set():
+        if not self._wakeup.is_set():
             self._wakeup.set()
+        if len(self._queue) >= self._batch_size:
+            self._full.set()
 
     async def run(self) -> None:
         """Drain the queue until `close`; retry with capped backoff while Redis fails."""
@@ -77,6 +84,8 @@ class EventPublisher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if len(self._queue) < self._batch_size and not self._closing:
+                await self._linger()
             batch = self._take_batch()
             if await self._write(batch):
                 delay = _RETRY_MIN
@@ -91,12 +100,19 @@ class EventPublisher:
         """Flush what is queued within `grace` seconds, then stop; log what could not be sent."""
         self._closing = True
         self._wakeup.set()
+        self._full.set()
         try:
             await asyncio.wait_for(asyncio.shield(runner), grace)
         except TimeoutError:
             runner.cancel()
         if self._queue:
             log.error("events_lost_at_shutdown", count=len(self._queue), stream=self._stream)
+
+    async def _linger(self) -> None:
+        """Give a batch up to `flush_interval` to fill; a full queue or close ends it early."""
+        self._full.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._full.wait(), self._flush_interval)
 
     def _take_batch(self) -> list[UsageEvent]:
         count = min(self._batch_size, len(self._queue))

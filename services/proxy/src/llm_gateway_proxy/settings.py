@@ -31,6 +31,7 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     events_maxlen: int = 1_000_000
     event_queue_size: int = 100_000
     event_batch_size: int = 500
+    event_flush_interval: float = 0.05
     metering_capture_bytes: int = 0
     shutdown_grace: float = 30.0
     log_level: str = "info"
@@ -67,6 +68,7 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
             events_maxlen=env.integer("EVENTS_STREAM_MAXLEN", 1_000_000, minimum=0),
             event_queue_size=env.integer("EVENT_QUEUE_SIZE", 100_000, minimum=1),
             event_batch_size=env.integer("EVENT_BATCH_SIZE", 500, minimum=1),
+            event_flush_interval=env.number("EVENT_FLUSH_INTERVAL", 0.05, minimum=0),
             metering_capture_bytes=env.integer("METERING_CAPTURE_BYTES", 0, minimum=0),
             shutdown_grace=env.number("SHUTDOWN_GRACE_SECONDS", 30.0, minimum=0),
             log_level=env.text("LOG_LEVEL", "info"),
