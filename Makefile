@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 UV_DEP := $(filter .tools/bin/uv,$(UV))
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps demo test pytest lint typecheck bench clean
+.PHONY: help deps demo test pytest lint typecheck bench bench-collector clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -51,6 +51,9 @@ bench: deps  ## the gateway vs the bare stack vs direct, on this machine (needs 
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	$(UV) run --frozen python bench/run.py
+
+bench-collector: deps  ## events/s one collector sustains into Postgres and NDJSON
+	$(UV) run --frozen python bench/collector.py
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
