@@ -106,3 +106,35 @@ async def test_sigterm_finishes_and_acknowledges_then_exits(
     await until(written, "events written")
     assert await asyncio.to_thread(collector.terminate) == 0
     assert await pending(redis, stream_name) == 0
+
+
+async def test_redis_outage_the_collector_waits_and_resumes_by_itself(
+    collector_factory: CollectorFactory, tmp_path: Path
+) -> None:
+    from tests.support.servers import LocalRedis  # noqa: PLC0415
+
+    server = LocalRedis().start()
+    path = tmp_path / "events.ndjson"
+    try:
+        collector = collector_factory(REDIS_URL=server.url, EVENT_LOG_PATH=str(path),
+                                      REDIS_TIMEOUT="0.5")  # fmt: skip
+        client = aioredis.Redis.from_url(server.url)
+        await produce(client, "llm-gateway:events", [make_event(i) for i in range(10)])
+
+        async def count_is(n: int) -> bool:
+            return len(lines(path)) == n
+
+        await until(lambda: count_is(10), "events before the outage")
+        server.stop()  # no persistence: it comes back empty, without the stream or the group
+        await asyncio.sleep(1.0)
+        server.start()
+        await client.aclose()
+        client = aioredis.Redis.from_url(server.url)
+        await produce(client, "llm-gateway:events", [make_event(i) for i in range(5)])
+        await until(lambda: count_is(15), "events after Redis returned")
+        await client.aclose()
+        log = collector.log_text()
+        assert "redis_unavailable" in log
+        assert "consumer_group_missing_recreating" in log or "consumer_group_created" in log
+    finally:
+        server.stop()
