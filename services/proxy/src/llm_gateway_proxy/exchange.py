@@ -22,15 +22,40 @@ class Exchange:
     """Mutable per-request state, owned by one handler invocation."""
 
     __slots__ = (
-        "captured_request", "captured_response", "client_request_id", "completion_estimate",
-        "endpoint", "error_type", "finished", "metered", "method", "model", "outcome",
-        "provider", "request_body", "request_bytes", "request_id", "response_bytes",
-        "response_model", "started", "started_at", "status", "stream", "strip_usage_chunk",
-        "tenant", "ttfb", "upstream_called", "upstream_request_id", "usage", "user",
+        "captured_request",
+        "captured_response",
+        "client_request_id",
+        "completion_estimate",
+        "endpoint",
+        "error_type",
+        "event_id",
+        "finished",
+        "metered",
+        "method",
+        "model",
+        "outcome",
+        "provider",
+        "request_body",
+        "request_bytes",
+        "request_id",
+        "response_bytes",
+        "response_model",
+        "started",
+        "started_at",
+        "status",
+        "stream",
+        "strip_usage_chunk",
+        "tenant",
+        "ttfb",
+        "upstream_called",
+        "upstream_request_id",
+        "usage",
+        "user",
     )  # fmt: skip
 
     def __init__(
         self,
+        ids: tuple[str, str],
         scope_headers: list[tuple[bytes, bytes]],
         endpoint: str,
         method: str,
@@ -38,7 +63,7 @@ class Exchange:
         *,
         metered: bool,
     ) -> None:
-        self.request_id = new_request_id()
+        self.request_id, self.event_id = ids
         self.started_at = time.time()
         self.started = time.perf_counter()
         self.finished: float | None = None
@@ -96,19 +121,15 @@ class Exchange:
         completion = self.completion_estimate or 0
         return Usage(prompt, completion, prompt + completion), "estimated"
 
-    @property
-    def latency_ms(self) -> float:
-        end = self.finished if self.finished is not None else time.perf_counter()
-        return round((end - self.started) * 1000, 3)
-
     def to_event(self, capture_bytes: int) -> UsageEvent:
-        self.finished = time.perf_counter()
+        self.finished = finished = time.perf_counter()
+        elapsed = finished - self.started
         usage, usage_source = self._settled_usage()
         self.request_body = b""
         request_capture, request_cut = _capture(self.captured_request, capture_bytes)
         response_capture, response_cut = _capture(self.captured_response, capture_bytes)
         return UsageEvent(
-            event_id=str(uuid.uuid4()),
+            event_id=self.event_id,
             request_id=self.request_id,
             client_request_id=self.client_request_id,
             upstream_request_id=self.upstream_request_id,
@@ -130,10 +151,8 @@ class Exchange:
             reasoning_tokens=usage.reasoning,
             usage_source=usage_source,
             started_at=datetime.fromtimestamp(self.started_at, UTC),
-            finished_at=datetime.fromtimestamp(
-                self.started_at + (self.finished - self.started), UTC
-            ),
-            latency_ms=self.latency_ms,
+            finished_at=datetime.fromtimestamp(self.started_at + elapsed, UTC),
+            latency_ms=round(elapsed * 1000, 3),
             ttfb_ms=None if self.ttfb is None else round((self.ttfb - self.started) * 1000, 3),
             request_bytes=self.request_bytes,
             response_bytes=self.response_bytes,

@@ -7,6 +7,7 @@ import asyncio
 import structlog
 
 from llm_gateway_proxy.exchange import Exchange
+from llm_gateway_proxy.ids import IdSource
 from llm_gateway_proxy.metering import EventPublisher
 from llm_gateway_proxy.settings import ProxySettings
 from llm_gateway_proxy.upstream import Upstream
@@ -26,6 +27,7 @@ class Gateway:
         self.upstream = upstream
         self.publisher = publisher
         self.stopping = stopping
+        self.ids = IdSource()
 
     def record(self, exchange: Exchange) -> None:
         """Meter one finished request and write its one log line. Never raises into the handler."""

@@ -49,8 +49,8 @@ class ProxyHandler:
         gateway: Gateway = scope["state"]["gateway"]
         endpoint = self.api.path if self.api is not None else scope["path"]
         exchange = Exchange(
-            scope["headers"], endpoint, scope["method"], gateway.settings.provider,
-            metered=self.api is not None,
+            gateway.ids.pair(), scope["headers"], endpoint, scope["method"],
+            gateway.settings.provider, metered=self.api is not None,
         )  # fmt: skip
         downstream = Downstream(receive, send)
         try:
