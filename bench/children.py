@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,10 +32,13 @@ def free_port() -> int:
 
 
 class Child:
-    def __init__(self, name: str, process: subprocess.Popen[bytes], port: int) -> None:
+    """One started server: its process, the port it listens on, and the file its stderr goes to."""
+
+    def __init__(self, name: str, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
         self.name = name
         self.process = process
         self.port = port
+        self.log = log
 
     @property
     def pid(self) -> int:
@@ -68,6 +72,9 @@ class Children:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if exc_type is not None and issubclass(exc_type, Exception):
+            for child in self._children:
+                _print_tail(child.log)
         self.stop_all()
 
     def stop_all(self) -> None:
@@ -96,9 +103,9 @@ class Children:
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
             )
-        child = Child(name, process, port)
+        child = Child(name, process, port, log)
         self._children.append(child)
-        _wait_listening(child, timeout, log)
+        _wait_listening(child, timeout)
         return child
 
 
@@ -106,14 +113,22 @@ def _open_stdout(path: Path | None) -> IO[bytes]:
     return open(path if path is not None else os.devnull, "ab")
 
 
-def _wait_listening(child: Child, timeout: float, log: Path) -> None:
+def _wait_listening(child: Child, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.process.poll() is not None:
-            raise StartFailed(f"{child.name} exited ({child.process.returncode}); see {log}")
+            raise StartFailed(f"{child.name} exited ({child.process.returncode}); see {child.log}")
         try:
             with socket.create_connection(("127.0.0.1", child.port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise StartFailed(f"{child.name} did not listen on {child.port} in {timeout:g}s; see {log}")
+    raise StartFailed(
+        f"{child.name} did not listen on {child.port} in {timeout:g}s; see {child.log}"
+    )
+
+
+def _print_tail(log: Path, lines: int = 20) -> None:
+    """What a child wrote to stderr, for the failure report (its log dir is about to go)."""
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    print(f"--- {log.name} (last {lines} lines) ---", *tail, sep="\n", file=sys.stderr)

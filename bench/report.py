@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+import statistics
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ CPU_RATIO_MAX = 1.25
 ADDED_P50_SLACK_MS = 0.2
 ADDED_TTFB_SLACK_MS = 0.3
 RSS_MAX_MB = 80.0
+# Busier than this (whole machine, over one second) before a target's phase: noisy numbers.
+QUIET_BUSY_MAX = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +30,12 @@ class TargetResult:
     latency: Distribution
     ttfb: Distribution
     throughput: WrkResult
-    cpu_us_per_request: float | None = None
+    cpu_us_per_request: float | None = None  # over the wrk run (concurrency 64)
+    cpu_us_per_request_c1: float | None = None  # over the latency run (concurrency 1)
     cpu_busy: float | None = None  # proxy CPU seconds per wall second during the wrk run
     peak_rss_mb: float | None = None
+    background_cpu: float = 0.0  # machine busy fraction just before (noise from other work)
+    foreign_on_proxy_core: float = 0.0  # share of the proxy's core other processes used (wrk run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,7 @@ class Check:
     name: str
     measured: float
     limit: float
+    per_round: tuple[float, ...] = ()  # the measured value of each round, when there were several
 
     @property
     def passed(self) -> bool:
@@ -72,12 +79,40 @@ def checks(direct: TargetResult, floor: TargetResult, gateway: TargetResult) -> 
     ]  # fmt: skip
 
 
-def render(results: list[TargetResult], found: list[Check], metering: Metering) -> str:
+def median_result(rounds: list[TargetResult]) -> TargetResult:
+    """One target's results over several rounds, each number the median of its rounds."""
+    result: TargetResult = _median(rounds)
+    return result
+
+
+def median_checks(rounds: list[list[Check]]) -> list[Check]:
+    """Each check's measured value and limit as the median of its rounds (each round compares
+    gateway and floor measured minutes apart, so slow drift of the machine cancels out)."""
+    return [
+        replace(same[0], measured=statistics.median(c.measured for c in same),
+                limit=statistics.median(c.limit for c in same),
+                per_round=tuple(c.measured for c in same) if len(same) > 1 else ())
+        for same in zip(*rounds, strict=True)
+    ]  # fmt: skip
+
+
+def _median(items: list[Any]) -> Any:
+    first = items[0]
+    if is_dataclass(first) and not isinstance(first, type):
+        return replace(first, **{f.name: _median([getattr(i, f.name) for i in items])
+                                 for f in fields(first)})  # fmt: skip
+    if isinstance(first, int | float) and not isinstance(first, bool):
+        return statistics.median(items)
+    return first
+
+
+def render(results: list[TargetResult], found: list[Check], meterings: list[Metering]) -> str:
     direct = results[0]
     lines = [
         "| target | p50 ms | p99 ms | +p50 ms | +p99 ms | TTFB p50 | TTFB p99 | +TTFB p50 "
-        "| +TTFB p99 | req/s @64 | CPU µs/req | CPU busy | peak RSS MB |",
-        "|---|" + "---:|" * 12,
+        "| +TTFB p99 | req/s @64 | CPU µs/req @64 | CPU busy @64 | CPU µs/req @1 "
+        "| peak RSS MB |",
+        "|---|" + "---:|" * 13,
     ]
     for r in results:
         is_direct = r is direct
@@ -97,6 +132,7 @@ def render(results: list[TargetResult], found: list[Check], metering: Metering) 
                     f"{r.throughput.requests_per_s:,.0f}",
                     _optional(r.cpu_us_per_request, "{:.0f}"),
                     _optional(r.cpu_busy, "{:.0%}"),
+                    _optional(r.cpu_us_per_request_c1, "{:.0f}"),
                     _optional(r.peak_rss_mb, "{:.1f}"),
                 ]
             )
@@ -105,13 +141,26 @@ def render(results: list[TargetResult], found: list[Check], metering: Metering) 
     lines.append("")
     for check in found:
         verdict = "PASS" if check.passed else "MISS"
-        lines.append(f"- {verdict} {check.name}: {check.measured:.3f} (limit {check.limit:.3f})")
-    verdict = "OK" if metering.ok else "FAIL"
-    lines.append(
-        f"- metering {verdict}: {metering.events} events in Redis for "
-        f"{metering.requests_completed} completed gateway requests "
-        f"(+ up to {metering.allowance} cut off by wrk's stop)"
-    )
+        rounds = f"; rounds: {', '.join(f'{m:.3f}' for m in check.per_round)}"
+        lines.append(
+            f"- {verdict} {check.name}: {check.measured:.3f} (limit {check.limit:.3f}"
+            f"{rounds if check.per_round else ''})"
+        )
+    noisy = [r for r in results if r.background_cpu > QUIET_BUSY_MAX]
+    if noisy:
+        busy = ", ".join(f"{r.name} {r.background_cpu:.0%}" for r in noisy)
+        lines.append(f"- NOISE: the machine was busy with other work before: {busy}")
+    crowded = [r for r in results if r.foreign_on_proxy_core > QUIET_BUSY_MAX]
+    if crowded:
+        busy = ", ".join(f"{r.name} {r.foreign_on_proxy_core:.0%}" for r in crowded)
+        lines.append(f"- NOISE: other processes used the proxy's core during wrk: {busy}")
+    for metering in meterings:
+        verdict = "OK" if metering.ok else "FAIL"
+        lines.append(
+            f"- metering {verdict}: {metering.events} events in Redis for "
+            f"{metering.requests_completed} completed gateway requests "
+            f"(+ up to {metering.allowance} cut off by wrk's stop)"
+        )
     return "\n".join(lines)
 
 
@@ -121,7 +170,8 @@ def save(
     *,
     results: list[TargetResult],
     found: list[Check],
-    metering: Metering,
+    meterings: list[Metering],
+    rounds: list[list[TargetResult]],
     plan: dict[str, Any],
 ) -> Path:
     """Write `<stamp>.md` and `<stamp>.json` into `directory`; returns the JSON path."""
@@ -133,7 +183,8 @@ def save(
         "plan": plan,
         "targets": [asdict(r) for r in results],
         "checks": [{**asdict(c), "passed": c.passed} for c in found],
-        "metering": {**asdict(metering), "ok": metering.ok},
+        "metering": [{**asdict(m), "ok": m.ok} for m in meterings],
+        "rounds": [[asdict(r) for r in round_results] for round_results in rounds],
     }
     path = directory / f"{stamp}.json"
     path.write_text(json.dumps(document, indent=2) + "\n")

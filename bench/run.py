@@ -1,6 +1,6 @@
 """Benchmark the gateway against the floor and against no proxy at all, in one run.
 
-    uv run python bench/run.py [--quick]
+    uv run python bench/run.py [--quick] [--rounds N]
 
 Starts a private Redis, then measures three targets one after another, each with a fresh fake
 upstream (and a fresh proxy): `direct` (the fake itself), `floor` (bench/floor.py) and
@@ -25,7 +25,16 @@ import redis
 from children import Child, Children, free_port
 from http1 import build_request
 from latency import Distribution, sample
-from report import Metering, TargetResult, checks, render, save
+from report import (
+    QUIET_BUSY_MAX,
+    Metering,
+    TargetResult,
+    checks,
+    median_checks,
+    median_result,
+    render,
+    save,
+)
 from throughput import run_wrk, write_script
 
 LOADGEN_CPU = 0
@@ -47,6 +56,7 @@ class Plan:
     wrk_warmup_seconds: float
     connections: int = 64
     loop_time_limit: float = 120.0
+    quiet_wait: float = 60.0  # how long to wait for other work on the machine to stop
 
 
 FULL = Plan(latency_requests=2000, stream_requests=1000, warmup=200, wrk_seconds=10,
@@ -58,9 +68,17 @@ QUICK = Plan(latency_requests=300, stream_requests=200, warmup=50, wrk_seconds=3
 def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark direct vs floor vs gateway.")
     parser.add_argument("--quick", action="store_true", help="fewer requests, shorter wrk runs")
-    plan = QUICK if parser.parse_args().quick else FULL
+    parser.add_argument(
+        "--rounds", type=int, default=1, choices=range(1, 11), metavar="1..10",
+        help="measure all three targets this many times and report the medians",
+    )  # fmt: skip
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     os.sched_setaffinity(0, {LOADGEN_CPU})
+    rounds: list[list[TargetResult]] = []
+    meterings: list[Metering] = []
     with (
         tempfile.TemporaryDirectory(prefix="llm-gateway-bench-") as tmp_name,
         Children(Path(tmp_name)) as services,
@@ -68,43 +86,59 @@ def main() -> int:
         tmp = Path(tmp_name)
         redis_url = start_redis(services, tmp)
         script = write_script(tmp, CHAT_BODY)
-        with Children(tmp) as phase:
-            upstream = start_upstream(phase, "direct")
-            direct, _ = measure("direct", upstream, None, plan, script)
-        with Children(tmp) as phase:
-            upstream = start_upstream(phase, "floor")
-            proxy = start_floor(phase, upstream.port)
-            floor, _ = measure("floor", proxy, proxy, plan, script)
-        with Children(tmp) as phase:
-            upstream = start_upstream(phase, "gateway")
-            proxy = start_gateway(phase, upstream.port, redis_url, tmp)
-            events_before = _xlen(redis_url)
-            gateway, served = measure("gateway", proxy, proxy, plan, script)
-            events = _settled_xlen(redis_url) - events_before
-    results = [direct, floor, gateway]
-    metering = Metering(events, served, allowance=2 * plan.connections)
-    found = checks(direct, floor, gateway)
-    table = render(results, found, metering)
+        for number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                _progress(f"round {number} of {args.rounds}")
+            round_results, metering = run_round(plan, tmp, redis_url, script)
+            rounds.append(round_results)
+            meterings.append(metering)
+    results = [median_result(list(same)) for same in zip(*rounds, strict=True)]
+    found = median_checks([checks(*round_results) for round_results in rounds])
+    table = render(results, found, meterings)
     print(table)
-    saved = save(BENCH_DIR / "results", table, results=results, found=found, metering=metering,
-                 plan=asdict(plan))  # fmt: skip
+    saved = save(BENCH_DIR / "results", table, results=results, found=found, meterings=meterings,
+                 rounds=rounds, plan={**asdict(plan), "rounds": args.rounds})  # fmt: skip
     print(f"\nwritten: {saved.with_suffix('.md')} and {saved}")
-    if not metering.ok:
+    if not all(metering.ok for metering in meterings):
         print("metering FAILED: the gateway did not write one event per request", file=sys.stderr)
         return 1
     return 0
+
+
+def run_round(
+    plan: Plan, tmp: Path, redis_url: str, script: Path
+) -> tuple[list[TargetResult], Metering]:
+    """direct, floor, gateway, one after another, each with a fresh upstream and proxy."""
+    with Children(tmp) as phase:
+        upstream = start_upstream(phase, "direct")
+        direct, _ = measure("direct", upstream, None, plan, script)
+    with Children(tmp) as phase:
+        upstream = start_upstream(phase, "floor")
+        proxy = start_floor(phase, upstream.port)
+        floor, _ = measure("floor", proxy, proxy, plan, script)
+    with Children(tmp) as phase:
+        upstream = start_upstream(phase, "gateway")
+        proxy = start_gateway(phase, upstream.port, redis_url, tmp)
+        events_before = _xlen(redis_url)
+        gateway, served = measure("gateway", proxy, proxy, plan, script)
+        events = _settled_xlen(redis_url) - events_before
+    return [direct, floor, gateway], Metering(events, served, allowance=2 * plan.connections)
 
 
 def measure(
     name: str, target: Child, proxy: Child | None, plan: Plan, script: Path
 ) -> tuple[TargetResult, int]:
     """Latency and TTFB at concurrency 1, then throughput at `plan.connections`, with the proxy's
-    CPU time over the throughput run. Returns the result and the number of requests completed."""
+    CPU time over the latency and throughput runs. Returns the result and the number of requests
+    completed."""
     port = target.port
+    background = wait_for_quiet(plan.quiet_wait)
     _progress(f"{name}: latency, {plan.latency_requests} requests at concurrency 1")
+    cpu_before_c1 = _cpu_seconds(proxy)
     chat = sample(port, build_request("127.0.0.1", port, "/v1/chat/completions", CHAT_BODY),
                   count=plan.latency_requests, warmup=plan.warmup,
                   time_limit=plan.loop_time_limit)  # fmt: skip
+    cpu_one_by_one = (_cpu_seconds(proxy) - cpu_before_c1) / (plan.warmup + len(chat))
     _progress(f"{name}: stream TTFB, {plan.stream_requests} requests at concurrency 1")
     stream = sample(port, build_request("127.0.0.1", port, "/v1/chat/completions", STREAM_BODY),
                     count=plan.stream_requests, warmup=plan.warmup,
@@ -113,18 +147,22 @@ def measure(
     _progress(f"{name}: wrk -c{plan.connections} for {plan.wrk_seconds:g}s (after a warm-up)")
     warm = run_wrk(url, script, connections=plan.connections, seconds=plan.wrk_warmup_seconds,
                    cpu=LOADGEN_CPU)  # fmt: skip
-    cpu_before = _cpu_seconds(proxy)
+    cpu_before, core_before = _cpu_seconds(proxy), _proxy_core_busy()
     load = run_wrk(url, script, connections=plan.connections, seconds=plan.wrk_seconds,
                    cpu=LOADGEN_CPU)  # fmt: skip
     cpu_used = _cpu_seconds(proxy) - cpu_before
+    foreign = max(0.0, _proxy_core_busy() - core_before - cpu_used) / load.duration_s
     result = TargetResult(
         name=name,
         latency=Distribution.of([t.total_ns for t in chat]),
         ttfb=Distribution.of([t.first_body_ns for t in stream]),
         throughput=load,
         cpu_us_per_request=None if proxy is None else cpu_used / load.requests * 1e6,
+        cpu_us_per_request_c1=None if proxy is None else cpu_one_by_one * 1e6,
         cpu_busy=None if proxy is None else cpu_used / load.duration_s,
         peak_rss_mb=None if proxy is None else _peak_rss_mb(proxy.pid),
+        background_cpu=background,
+        foreign_on_proxy_core=foreign,
     )
     served = 2 * plan.warmup + len(chat) + len(stream) + warm.requests + load.requests
     return result, served
@@ -175,6 +213,27 @@ def start_gateway(children: Children, upstream_port: int, redis_url: str, tmp: P
                           stdout=tmp / "gateway-requests.log")  # fmt: skip
 
 
+def wait_for_quiet(limit: float) -> float:
+    """Wait (up to `limit` seconds) until the machine is idle apart from us, since other
+    processes on these two cores would be measured as proxy latency. Returns the busy fraction
+    of the last one-second sample."""
+    deadline = time.monotonic() + limit
+    busy = psutil.cpu_percent(interval=1.0) / 100
+    while busy > QUIET_BUSY_MAX and time.monotonic() < deadline:
+        _progress(f"waiting for a quiet machine: {busy:.0%} busy")
+        busy = psutil.cpu_percent(interval=1.0) / 100
+    if busy > QUIET_BUSY_MAX:
+        _progress(f"WARNING: the machine is {busy:.0%} busy with other work; expect noise")
+    return float(busy)
+
+
+def _proxy_core_busy() -> float:
+    """Seconds the proxy's core spent running processes (any), so that what the proxy did not
+    use of it shows other work competing with the proxy for its core."""
+    core = psutil.cpu_times(percpu=True)[PROXY_CPU]
+    return float(core.user + core.nice + core.system)
+
+
 def _cpu_seconds(proxy: Child | None) -> float:
     if proxy is None:
         return 0.0
@@ -221,4 +280,8 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # the children are stopped by then
+        print("[bench] interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
