@@ -15,6 +15,7 @@ from llm_gateway_collector.probes import start_probes
 from llm_gateway_collector.settings import CollectorSettings
 from llm_gateway_common.config import ConfigError
 from llm_gateway_common.consumer import ConsumerSettings, Delivery, StreamConsumer
+from llm_gateway_common.heap import settle_after_startup
 from llm_gateway_common.logs import configure_logging
 from llm_gateway_common.streams import connect_redis
 
@@ -65,6 +66,7 @@ async def run(settings: CollectorSettings) -> None:
     )  # fmt: skip
     probes = await start_probes(settings.listen_host, settings.listen_port, redis, sink.ready,
                                 settings.redis_timeout)  # fmt: skip
+    settle_after_startup()
     try:
         await consumer.run(stop)
     finally:

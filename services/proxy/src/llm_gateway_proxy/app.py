@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llm_gateway_common.heap import settle_after_startup
 from llm_gateway_common.streams import connect_redis
 from llm_gateway_proxy import health
 from llm_gateway_proxy.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
@@ -48,6 +49,7 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
             timeout=settings.redis_timeout,
         )
         runner = asyncio.create_task(publisher.run(), name="event-publisher")
+        settle_after_startup()
         try:
             yield {"gateway": Gateway(settings, upstream, publisher, stop_signal)}
         finally:

@@ -12,7 +12,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from llm_gateway_common.config import ConfigError
-from llm_gateway_common.logs import configure_logging
+from llm_gateway_common.logs import LogOutput, configure_logging
 from llm_gateway_proxy.app import create_app
 from llm_gateway_proxy.settings import ProxySettings
 
@@ -23,22 +23,29 @@ def main() -> None:
     except ConfigError as exc:
         print(f"llm-gateway-proxy: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    configure_logging(settings.log_level)
+    log_output = configure_logging(settings.log_level, buffered=True)
     # aiohttp warns on any bytes body over 1 MB (vision requests); one in-memory write to the
     # transport does not block the loop, and the warning would only add noise to the logs.
     warnings.filterwarnings("ignore", "Sending a large body directly", ResourceWarning)
-    uvloop.run(run(settings))
+    try:
+        uvloop.run(run(settings, log_output))
+    finally:
+        log_output.flush()
 
 
-async def run(settings: ProxySettings) -> None:
+async def run(settings: ProxySettings, log_output: LogOutput) -> None:
     """Serve until SIGTERM/SIGINT; then stop accepting, let in-flight requests finish (up to
     SHUTDOWN_GRACE_SECONDS), and flush queued events before exiting."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    flusher = asyncio.create_task(log_output.flush_periodically(), name="log-flusher")
     app = create_app(settings, stopping=stopping)
-    await serve(app, hypercorn_config(settings), shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
+    try:
+        await serve(app, hypercorn_config(settings), shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
+    finally:
+        flusher.cancel()
 
 
 def hypercorn_config(settings: ProxySettings) -> Config:
