@@ -53,7 +53,7 @@ bench: deps  ## the gateway vs the bare stack vs direct, on this machine (needs 
 	$(UV) run --frozen python bench/run.py
 
 bench-collector: deps  ## events/s one collector sustains into Postgres and NDJSON
-	$(UV) run --frozen python bench/collector.py
+	$(UV) run --frozen python -m bench.collector
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Collector throughput: events per second one collector sustains into Postgres and into NDJSON.
 
-    uv run python bench/collector.py [--events N] [--quick]
+    uv run python -m bench.collector [--events N] [--quick]   (from the repository root)
 
 For each sink: a private Redis, a stream pre-filled with N realistic events (the proxy's entry
 layout), then one `llm-gateway-collector` pinned to core 1 drains it. The rate is measured
