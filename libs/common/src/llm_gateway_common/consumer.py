@@ -63,6 +63,9 @@ class ConsumerSettings:
     claim_idle_ms: int = 60_000
     claim_interval: float = 15.0
     timeout: float = 5.0
+    # Seconds a partial batch waits to fill before it goes to the sink (0: send what one read
+    # returns). Fewer, larger sink calls for sinks that pay per request (hosted HTTP APIs).
+    linger: float = 0.0
 
 
 @dataclass
@@ -103,6 +106,8 @@ class StreamConsumer:
             if time.monotonic() >= self._next_claim:
                 await self._claim_abandoned(stop)
             entries = await self._redis_call(partial(self._read, ">"), stop)
+            if entries and self._settings.linger > 0:
+                await self._linger(entries, stop)
             if entries:
                 await self._process(entries, stop)
             self._report_progress()
@@ -130,17 +135,36 @@ class StreamConsumer:
             await self._process(entries, stop)
             cursor = entries[-1][0]
 
-    async def _read(self, cursor: str) -> list[tuple[str, dict[bytes, bytes]]]:
+    async def _read(
+        self, cursor: str, *, count: int | None = None, block_ms: int | None = None
+    ) -> list[tuple[str, dict[bytes, bytes]]]:
         settings = self._settings
-        block = settings.block_ms if cursor == ">" else None
+        block = (block_ms or settings.block_ms) if cursor == ">" else None
         reply: Any = await self._redis.xreadgroup(
             settings.group, settings.consumer, {settings.stream: cursor},
-            count=settings.batch_size, block=block,
+            count=count or settings.batch_size, block=block,
         )  # fmt: skip
         if not reply:
             return []
         _, entries = reply[0]
         return [(_text(entry_id), fields) for entry_id, fields in entries if fields is not None]
+
+    async def _linger(
+        self, entries: list[tuple[str, dict[bytes, bytes]]], stop: asyncio.Event
+    ) -> None:
+        """Let a partial batch fill for up to `linger` seconds; what is read is added in place."""
+        settings = self._settings
+        deadline = time.monotonic() + settings.linger
+        while len(entries) < settings.batch_size and not stop.is_set():
+            left_ms = min(int((deadline - time.monotonic()) * 1000), settings.block_ms)
+            if left_ms <= 0:
+                return
+            more = await self._redis_call(
+                partial(self._read, ">", count=settings.batch_size - len(entries),
+                        block_ms=left_ms),
+                stop,
+            )  # fmt: skip
+            entries.extend(more)
 
     async def _claim_abandoned(self, stop: asyncio.Event) -> None:
         """Take over entries idle longer than `claim_idle_ms` (their consumer died)."""

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from llm_gateway_fakes.threaded import ThreadedServer
 
 
 @dataclass
@@ -365,40 +366,16 @@ class FakeOpenAI:
         return response
 
 
-class FakeOpenAIServer:
-    """Runs a FakeOpenAI on 127.0.0.1 in a thread of its own, so sync and async clients (and the
-    proxy in another process) can all reach it while a test inspects its state."""
+class FakeOpenAIServer(ThreadedServer[FakeOpenAI]):
+    """A FakeOpenAI on 127.0.0.1 in a thread of its own; `base_url` includes `/v1`, as the
+    OpenAI SDK's does."""
 
     def __init__(self, fake: FakeOpenAI | None = None, port: int = 0) -> None:
-        self.fake = fake or FakeOpenAI()
-        self._port = port
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self.port = 0
+        super().__init__(fake or FakeOpenAI(), port)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> FakeOpenAIServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
-
-    async def _start(self) -> None:
-        self._runner = web.AppRunner(self.fake.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port, backlog=2048)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
 
 
 def _error(

@@ -11,12 +11,12 @@ import uvloop
 
 from llm_gateway_collector.ndjson_sink import NdjsonSink
 from llm_gateway_collector.postgres_sink import PostgresSink
-from llm_gateway_collector.probes import start_probes
 from llm_gateway_collector.settings import CollectorSettings
 from llm_gateway_common.config import ConfigError
 from llm_gateway_common.consumer import ConsumerSettings, Delivery, StreamConsumer
 from llm_gateway_common.heap import settle_after_startup
 from llm_gateway_common.logs import configure_logging
+from llm_gateway_common.probes import start_probes
 from llm_gateway_common.streams import connect_redis
 
 

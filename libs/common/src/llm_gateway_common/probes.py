@@ -1,4 +1,5 @@
-"""`/live` and `/ready` for the orchestrator. Ready means Redis and the sink both answer."""
+"""`/live` and `/ready` for the stream consumers (collector, dispatcher). Ready means Redis
+answers and the service's sink says it is usable."""
 
 from __future__ import annotations
 

@@ -1,0 +1,154 @@
+"""Delivery to (the fake) Lunary: outages, rate limits, bad keys and per-event failures, with
+the dispatcher as a process on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import redis.asyncio as aioredis
+
+from llm_gateway_common.events import UsageEvent
+from llm_gateway_dispatcher.outcomes import delivery_id
+from llm_gateway_fakes.lunary import FakeLunary
+from tests.collector.test_ndjson import pending, until
+from tests.dispatcher.conftest import LUNARY_KEY, DispatcherFactory, dead_letters
+from tests.support.events import make_event, produce
+
+
+def assert_runs_exactly(lunary: FakeLunary, events: list[UsageEvent]) -> None:
+    """One completed run per event, under the event's own id, with its model and tokens."""
+    runs = lunary.completed_runs()
+    assert set(runs) == {delivery_id(e) for e in events}
+    assert len(lunary.runs) == len(events)
+    for event in events:
+        run = runs[delivery_id(event)]
+        assert run.start["name"] == event.model
+        assert run.start["metadata"]["requestId"] == event.request_id
+        assert run.end is not None
+        assert run.end["tokensUsage"]["prompt"] == event.prompt_tokens
+
+
+async def all_completed(lunary: FakeLunary, count: int) -> None:
+    async def done() -> bool:
+        return len(lunary.completed_runs()) >= count
+
+    await until(done, f"{count} runs completed at Lunary")
+
+
+async def nothing_pending(redis: aioredis.Redis, stream: str) -> None:
+    async def acknowledged() -> bool:
+        return await pending(redis, stream, "dispatcher") == 0
+
+    await until(acknowledged, "every entry acknowledged")
+
+
+async def test_an_outage_delays_delivery_but_loses_and_duplicates_nothing(
+    dispatcher_factory: DispatcherFactory, lunary: FakeLunary, lunary_env: dict[str, str],
+    redis: aioredis.Redis, stream_name: str,
+) -> None:  # fmt: skip
+    lunary.fail_next(5, 500)
+    events = [make_event(i) for i in range(40)]
+    await produce(redis, stream_name, events)
+    dispatcher = dispatcher_factory(**lunary_env, DISPATCHER_BATCH_SIZE="10")
+    await all_completed(lunary, len(events))
+    await nothing_pending(redis, stream_name)
+    assert_runs_exactly(lunary, events)
+    assert lunary.duplicate_starts == 0  # what Lunary took was never sent again
+    assert [r.status for r in lunary.requests[:5]] == [500] * 5
+    assert await dead_letters(redis, stream_name) == []
+    log = dispatcher.log_text()
+    assert "sink_unavailable" in log and "sink_recovered" in log
+    assert LUNARY_KEY not in log
+
+
+async def test_a_rate_limit_is_waited_out_for_as_long_as_lunary_asks(
+    dispatcher_factory: DispatcherFactory, lunary: FakeLunary, lunary_env: dict[str, str],
+    redis: aioredis.Redis, stream_name: str,
+) -> None:  # fmt: skip
+    lunary.fail_next(1, 429, retry_after="1")
+    events = [make_event(i) for i in range(5)]
+    await produce(redis, stream_name, events)
+    dispatcher_factory(**lunary_env)
+    await all_completed(lunary, len(events))
+    limited, retried = lunary.requests[0], lunary.requests[1]
+    assert limited.status == 429 and retried.status == 200
+    assert retried.at - limited.at >= 1.0  # not sooner than Retry-After
+    assert_runs_exactly(lunary, events)
+
+
+async def test_a_bad_key_dead_letters_the_batch_with_the_reason_and_never_shows_the_key(
+    dispatcher_factory: DispatcherFactory, lunary: FakeLunary, lunary_env: dict[str, str],
+    redis: aioredis.Redis, stream_name: str,
+) -> None:  # fmt: skip
+    wrong_key = "00000000-1111-4222-8333-444444444444"
+    events = [make_event(i) for i in range(5)]
+    await produce(redis, stream_name, events)
+    dispatcher = dispatcher_factory(**{**lunary_env, "DISPATCHER_API_KEY": wrong_key})
+
+    async def all_dead() -> bool:
+        return len(await dead_letters(redis, stream_name)) == len(events)
+
+    await until(all_dead, "the batch in the dead-letter stream")
+    await nothing_pending(redis, stream_name)
+    reasons = {fields[b"reason"].decode() for fields in await dead_letters(redis, stream_name)}
+    assert reasons == {'lunary answered 401: {"message": "This project does not exist"}'}
+    assert lunary.runs == {}
+    assert wrong_key not in dispatcher.log_text()
+    assert all(r.headers["authorization"] == f"Bearer {wrong_key}" for r in lunary.requests)
+
+
+async def test_per_event_failures_inside_a_200_are_retried_until_every_run_is_complete(
+    dispatcher_factory: DispatcherFactory, lunary: FakeLunary, lunary_env: dict[str, str],
+    redis: aioredis.Redis, stream_name: str,
+) -> None:  # fmt: skip
+    lunary.fail_events_next(3)
+    events = [make_event(i) for i in range(10)]
+    await produce(redis, stream_name, events)
+    dispatcher_factory(**lunary_env)
+    await all_completed(lunary, len(events))
+    await nothing_pending(redis, stream_name)
+    assert_runs_exactly(lunary, events)
+    assert len(lunary.requests) >= 2
+    assert await dead_letters(redis, stream_name) == []
+
+
+async def test_an_event_lunary_keeps_refusing_is_dead_lettered_after_max_attempts(
+    dispatcher_factory: DispatcherFactory, lunary: FakeLunary, lunary_env: dict[str, str],
+    redis: aioredis.Redis, stream_name: str,
+) -> None:  # fmt: skip
+    lunary.fail_events_next(1_000)
+    poison = make_event(0)
+    await produce(redis, stream_name, [poison])
+    dispatcher_factory(**lunary_env, DISPATCHER_MAX_ATTEMPTS="3")
+
+    async def dead() -> bool:
+        return len(await dead_letters(redis, stream_name)) == 1
+
+    await until(dead, "the event in the dead-letter stream")
+    (fields,) = await dead_letters(redis, stream_name)
+    assert fields[b"reason"].decode() == (
+        "gave up after 3 attempts: lunary refused the start: "
+        "Fake failure: could not store the event"
+    )
+    assert len(lunary.requests) == 3
+    lunary.stop_failing()
+    healthy = [make_event(1)]
+    await produce(redis, stream_name, healthy)
+    await all_completed(lunary, 1)
+    assert_runs_exactly(lunary, healthy)
+
+
+async def test_events_arriving_close_together_go_in_one_request(
+    dispatcher_factory: DispatcherFactory, lunary: FakeLunary, lunary_env: dict[str, str],
+    redis: aioredis.Redis, stream_name: str,
+) -> None:  # fmt: skip
+    dispatcher_factory(**lunary_env, DISPATCHER_FLUSH_INTERVAL="3")
+    events = [make_event(i) for i in range(3)]
+    for event in events:  # three separate XADDs, well inside the flush interval
+        await produce(redis, stream_name, [event])
+        await asyncio.sleep(0.05)
+    await all_completed(lunary, len(events))
+    (request,) = lunary.requests
+    assert len(orjson.loads(request.body)["events"]) == 2 * len(events)
+    assert_runs_exactly(lunary, events)
