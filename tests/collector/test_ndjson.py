@@ -138,3 +138,21 @@ async def test_redis_outage_the_collector_waits_and_resumes_by_itself(
         assert "consumer_group_missing_recreating" in log or "consumer_group_created" in log
     finally:
         server.stop()
+
+
+async def test_progress_lines_report_counts_and_lag_without_flooding(
+    collector_factory: CollectorFactory, redis: aioredis.Redis, stream_name: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.ndjson"
+    collector = collector_factory(EVENTS_STREAM=stream_name, EVENT_LOG_PATH=str(path),
+                                  COLLECTOR_PROGRESS_INTERVAL="0.3")  # fmt: skip
+    await produce(redis, stream_name, [make_event(i) for i in range(40)])
+
+    async def reported() -> bool:
+        lines = [line for line in collector.log_lines() if line.get("event") == "progress"]
+        return any(line["delivered"] == 40 and line["lag"] == 0 for line in lines)
+
+    await until(reported, "a progress line with 40 delivered and no lag")
+    lines = [line for line in collector.log_lines() if line.get("event") == "progress"]
+    assert all({"batches", "delivered", "dead_lettered", "retries", "lag"} <= set(line)
+               for line in lines)  # fmt: skip

@@ -32,7 +32,6 @@ from llm_gateway_common.streams import dead_letter_stream, event_from_fields
 
 _RETRY_MIN = 0.1
 _RETRY_MAX = 5.0
-_PROGRESS_INTERVAL = 10.0
 
 
 class Delivery(NamedTuple):
@@ -63,6 +62,7 @@ class ConsumerSettings:
     claim_idle_ms: int = 60_000
     claim_interval: float = 15.0
     timeout: float = 5.0
+    progress_interval: float = 10.0
     # Seconds a partial batch waits to fill before it goes to the sink (0: send what one read
     # returns). Fewer, larger sink calls for sinks that pay per request (hosted HTTP APIs).
     linger: float = 0.0
@@ -95,7 +95,7 @@ class StreamConsumer:
             stream=settings.stream, group=settings.group, consumer=settings.consumer
         )
         self._next_claim = 0.0
-        self._next_progress = time.monotonic() + _PROGRESS_INTERVAL
+        self._next_progress = time.monotonic() + settings.progress_interval
         self.stats = ConsumerStats()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -110,7 +110,7 @@ class StreamConsumer:
                 await self._linger(entries, stop)
             if entries:
                 await self._process(entries, stop)
-            self._report_progress()
+            await self._report_progress()
 
     # --- reading --------------------------------------------------------------------------
 
@@ -295,15 +295,20 @@ class StreamConsumer:
             self.stats.redis_healthy = True
             return result
 
-    def _report_progress(self) -> None:
+    async def _report_progress(self) -> None:
+        """Every `progress_interval` seconds: one line with the counters and the group's lag."""
         now = time.monotonic()
         if now < self._next_progress:
             return
-        self._next_progress = now + _PROGRESS_INTERVAL
+        self._next_progress = now + self._settings.progress_interval
+        try:
+            lag = await asyncio.wait_for(self.lag(), self._settings.timeout)
+        except (RedisError, OSError, TimeoutError):
+            lag = None
         stats = self.stats
         self._log.info("progress", batches=stats.batches, delivered=stats.delivered,
                        dead_lettered=stats.dead_lettered, claimed=stats.claimed,
-                       retries=stats.retries)  # fmt: skip
+                       retries=stats.retries, lag=lag)  # fmt: skip
 
     async def lag(self) -> int | None:
         """Entries in the stream not yet delivered to the group (Redis >= 7), for logs."""

@@ -51,6 +51,7 @@ async def run(settings: CollectorSettings) -> None:
             stream=settings.events_stream, group=settings.group, consumer=settings.consumer,
             batch_size=settings.batch_size, block_ms=settings.block_ms,
             claim_idle_ms=settings.claim_idle_ms, timeout=settings.redis_timeout,
+            progress_interval=settings.progress_interval,
         ),
         redis_url=settings.redis_url,
         redis_timeout=settings.redis_timeout,

@@ -27,6 +27,7 @@ class CollectorSettings(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int = 1000
     block_ms: int = 1000
     claim_idle_ms: int = 60_000
+    progress_interval: float = 10.0
     listen_host: str = "0.0.0.0"
     listen_port: int = 8081
     log_level: str = "info"
@@ -57,6 +58,7 @@ class CollectorSettings(msgspec.Struct, frozen=True, kw_only=True):
             batch_size=env.integer("COLLECTOR_BATCH_SIZE", 1000, minimum=1),
             block_ms=env.integer("COLLECTOR_BLOCK_MS", 1000, minimum=1),
             claim_idle_ms=env.integer("COLLECTOR_CLAIM_IDLE_MS", 60_000, minimum=1),
+            progress_interval=env.number("COLLECTOR_PROGRESS_INTERVAL", 10.0, minimum=0.1),
             listen_host=host,
             listen_port=port,
             log_level=env.text("LOG_LEVEL", "info"),
