@@ -1,0 +1,94 @@
+{{/*
+Combinations of values that cannot work. values.schema.json checks each value's type and range;
+these checks need several values at once. Every problem found is reported in one `fail`, each
+message naming the values to change.
+*/}}
+{{- define "llm-gateway.validate" -}}
+{{- $messages := list }}
+{{- $messages = append $messages (include "llm-gateway.validate.redis" . | trim) }}
+{{- $messages = append $messages (include "llm-gateway.validate.devSecrets" . | trim) }}
+{{- $messages = append $messages (include "llm-gateway.validate.proxy" . | trim) }}
+{{- $messages = append $messages (include "llm-gateway.validate.collector" . | trim) }}
+{{- $messages = append $messages (include "llm-gateway.validate.dispatcher" . | trim) }}
+{{- $messages = without $messages "" }}
+{{- if $messages }}
+{{- printf "\n\nVALUES VALIDATION:\n%s\n" (join "\n" $messages) | fail }}
+{{- end }}
+{{- end }}
+
+{{- define "llm-gateway.validate.redis" -}}
+{{- $redis := .Values.redis }}
+{{- if not (include "llm-gateway.redisConfigured" .) }}
+{{- $readers := list }}
+{{- if .Values.collector.enabled }}{{ $readers = append $readers "the collector" }}{{ end }}
+{{- if .Values.dispatcher.enabled }}{{ $readers = append $readers "the dispatcher" }}{{ end }}
+{{- $who := "the proxy writes usage events to it" }}
+{{- if $readers }}{{ $who = printf "%s and %s %s them" $who (join " and " $readers) (ternary "reads" "read" (eq (len $readers) 1)) }}{{ end }}
+llm-gateway: no Redis configured ({{ $who }}). Set redis.host to an external Redis, or redis.existingSecret with redis.existingSecretUrlKey (a full URL kept in a Secret), or redis.dev.enabled=true (development only).
+{{- else if and $redis.dev.enabled (or $redis.host $redis.existingSecret) }}
+llm-gateway: redis.dev.enabled=true runs a Redis without a password inside the release; leave redis.host and redis.existingSecret empty with it.
+{{- else if and $redis.existingSecretUrlKey (not $redis.existingSecret) }}
+llm-gateway: redis.existingSecretUrlKey names a key in redis.existingSecret; set redis.existingSecret too.
+{{- else if and $redis.existingSecretUrlKey (or $redis.host $redis.username $redis.tls) }}
+llm-gateway: redis.existingSecretUrlKey provides the whole Redis URL; leave redis.host, redis.username and redis.tls unset with it.
+{{- else if and $redis.existingSecret (not $redis.existingSecretUrlKey) (not $redis.existingSecretPasswordKey) }}
+llm-gateway: redis.existingSecret needs redis.existingSecretPasswordKey (the key holding the password) or redis.existingSecretUrlKey (the key holding the full URL).
+{{- end }}
+{{- end }}
+
+{{- define "llm-gateway.validate.devSecrets" -}}
+{{- if and (not .Values.dev.createSecrets) (or .Values.dev.secrets.upstreamApiKey .Values.dev.secrets.databaseUrl .Values.dev.secrets.dispatcherApiKey) }}
+llm-gateway: dev.secrets are only used with dev.createSecrets=true (development only); in production reference existing Secrets (proxy.upstream.existingSecret, collector.postgres.existingSecret, dispatcher.existingSecret) and leave dev.secrets empty.
+{{- end }}
+{{- end }}
+
+{{- define "llm-gateway.validate.proxy" -}}
+{{- $proxy := .Values.proxy }}
+{{- $minimum := addf $proxy.preStopSleepSeconds $proxy.shutdownGraceSeconds }}
+{{- if and (not (kindIs "invalid" $proxy.terminationGracePeriodSeconds)) (le (float64 $proxy.terminationGracePeriodSeconds) $minimum) }}
+llm-gateway: proxy.terminationGracePeriodSeconds ({{ $proxy.terminationGracePeriodSeconds }}) must exceed proxy.preStopSleepSeconds + proxy.shutdownGraceSeconds ({{ $minimum }}), or in-flight requests are killed before they finish; leave it null to have it computed.
+{{- end }}
+{{- if and $proxy.autoscaling.enabled (gt (int64 $proxy.autoscaling.minReplicas) (int64 $proxy.autoscaling.maxReplicas)) }}
+llm-gateway: proxy.autoscaling.minReplicas ({{ $proxy.autoscaling.minReplicas }}) is above proxy.autoscaling.maxReplicas ({{ $proxy.autoscaling.maxReplicas }}).
+{{- end }}
+{{- if and $proxy.autoscaling.enabled (kindIs "invalid" $proxy.autoscaling.targetCPUUtilizationPercentage) (kindIs "invalid" $proxy.autoscaling.targetMemoryUtilizationPercentage) }}
+llm-gateway: proxy.autoscaling.enabled=true needs a target: set proxy.autoscaling.targetCPUUtilizationPercentage or proxy.autoscaling.targetMemoryUtilizationPercentage.
+{{- end }}
+{{- $pdb := $proxy.podDisruptionBudget }}
+{{- if and $pdb.enabled (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "invalid" $pdb.maxUnavailable)) }}
+llm-gateway: set only one of proxy.podDisruptionBudget.minAvailable and proxy.podDisruptionBudget.maxUnavailable (the other to null).
+{{- else if and $pdb.enabled (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) }}
+llm-gateway: proxy.podDisruptionBudget.enabled=true needs minAvailable or maxUnavailable.
+{{- end }}
+{{- end }}
+
+{{- define "llm-gateway.validate.collector" -}}
+{{- $collector := .Values.collector }}
+{{- if and $collector.enabled (eq $collector.sink "postgres") (not (include "llm-gateway.databaseUrlRef" .)) }}
+llm-gateway: collector.sink=postgres needs DATABASE_URL: set collector.postgres.existingSecret to a Secret whose key collector.postgres.existingSecretKey ({{ $collector.postgres.existingSecretKey }}) holds postgresql://user:password@host:5432/db.
+{{- end }}
+{{- if and $collector.enabled .Values.dispatcher.enabled (eq $collector.group .Values.dispatcher.group) }}
+llm-gateway: collector.group and dispatcher.group are both {{ $collector.group | quote }}: consumers of one group share the events, so each would get only part of them. Give them different groups.
+{{- end }}
+{{- end }}
+
+{{- define "llm-gateway.validate.dispatcher" -}}
+{{- $dispatcher := .Values.dispatcher }}
+{{- if $dispatcher.enabled }}
+{{- if and (has $dispatcher.sink (list "lunary" "helicone")) (not (include "llm-gateway.dispatcherApiKeyRef" .)) }}
+llm-gateway: dispatcher.sink={{ $dispatcher.sink }} needs an API key: set dispatcher.existingSecret to a Secret whose key dispatcher.existingSecretKey ({{ $dispatcher.existingSecretKey }}) holds the {{ $dispatcher.sink | title }} key.
+{{- end }}
+{{- if lt (float64 $dispatcher.backoffMax) (float64 $dispatcher.backoffMin) }}
+llm-gateway: dispatcher.backoffMax ({{ $dispatcher.backoffMax }}) must be at least dispatcher.backoffMin ({{ $dispatcher.backoffMin }}).
+{{- end }}
+{{- if eq $dispatcher.sink "file" }}
+{{- if gt (int64 $dispatcher.replicaCount) 1 }}
+llm-gateway: dispatcher.sink=file appends to one file on one volume: dispatcher.replicaCount must be 1.
+{{- end }}
+{{- $mount := trimSuffix "/" $dispatcher.persistence.mountPath }}
+{{- if and $dispatcher.endpoint (not (hasPrefix (printf "%s/" $mount) $dispatcher.endpoint)) }}
+llm-gateway: dispatcher.endpoint ({{ $dispatcher.endpoint }}) must be a file under dispatcher.persistence.mountPath ({{ $mount }}): the rest of the container's filesystem is read-only.
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,141 @@
+"""Values that cannot work stop the install with a message naming what to change (`fail` in
+templates/_validate.tpl), instead of pods that crash-loop or silently lose events."""
+
+from __future__ import annotations
+
+import re
+
+import helm_python as helm
+import pytest
+
+from tests.chart.conftest import RenderChart
+from tests.chart.rendering import Values, merged
+from tests.chart.scenarios import REDIS
+
+NO_REDIS = "no Redis configured"
+
+CASES: dict[str, tuple[Values, str]] = {
+    "nothing configured": (
+        {},
+        f"{NO_REDIS} (the proxy writes usage events to it and the "
+        "collector reads them). Set redis.host",
+    ),
+    "dispatcher without Redis": (
+        {"dispatcher": {"enabled": True}},
+        f"{NO_REDIS} (the proxy writes usage events to it and the collector and the "
+        "dispatcher read them)",
+    ),
+    "postgres sink without a database secret": (
+        merged(REDIS, {"collector": {"sink": "postgres"}}),
+        "collector.sink=postgres needs DATABASE_URL: set collector.postgres.existingSecret",
+    ),
+    "lunary without an API key": (
+        merged(REDIS, {"dispatcher": {"enabled": True, "sink": "lunary"}}),
+        "dispatcher.sink=lunary needs an API key: set dispatcher.existingSecret",
+    ),
+    "helicone without an API key": (
+        merged(REDIS, {"dispatcher": {"enabled": True, "sink": "helicone"}}),
+        "dispatcher.sink=helicone needs an API key: set dispatcher.existingSecret",
+    ),
+    "development Redis and an external one": (
+        merged(REDIS, {"redis": {"dev": {"enabled": True}}}),
+        "redis.dev.enabled=true runs a Redis without a password",
+    ),
+    "development Redis with a password": (
+        {"redis": {"dev": {"enabled": True}, "existingSecret": "redis"}},
+        "leave redis.host and redis.existingSecret empty",
+    ),
+    "URL key without a Secret": (
+        {"redis": {"existingSecretUrlKey": "url"}},
+        "redis.existingSecretUrlKey names a key in redis.existingSecret",
+    ),
+    "URL key and a host": (
+        merged(REDIS, {"redis": {"existingSecret": "r", "existingSecretUrlKey": "url"}}),
+        "redis.existingSecretUrlKey provides the whole Redis URL",
+    ),
+    "password Secret without a key": (
+        merged(REDIS, {"redis": {"existingSecret": "r", "existingSecretPasswordKey": ""}}),
+        "redis.existingSecret needs redis.existingSecretPasswordKey",
+    ),
+    "dev secrets without createSecrets": (
+        merged(REDIS, {"dev": {"secrets": {"upstreamApiKey": "sk-live"}}}),
+        "dev.secrets are only used with dev.createSecrets=true",
+    ),
+    "grace period shorter than the shutdown": (
+        merged(REDIS, {"proxy": {"terminationGracePeriodSeconds": 30}}),
+        "proxy.terminationGracePeriodSeconds (30) must exceed proxy.preStopSleepSeconds + "
+        "proxy.shutdownGraceSeconds (35)",
+    ),
+    "autoscaling minimum above maximum": (
+        merged(
+            REDIS, {"proxy": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 3}}}
+        ),
+        "proxy.autoscaling.minReplicas (5) is above proxy.autoscaling.maxReplicas (3)",
+    ),
+    "autoscaling without a target": (
+        merged(
+            REDIS,
+            {"proxy": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}},
+        ),
+        "proxy.autoscaling.enabled=true needs a target",
+    ),
+    "disruption budget with both bounds": (
+        merged(REDIS, {"proxy": {"podDisruptionBudget": {"minAvailable": 1}}}),
+        "set only one of proxy.podDisruptionBudget.minAvailable and",
+    ),
+    "collector and dispatcher in one group": (
+        merged(REDIS, {"dispatcher": {"enabled": True, "group": "collector"}}),
+        'collector.group and dispatcher.group are both "collector"',
+    ),
+    "several writers of one file": (
+        merged(REDIS, {"dispatcher": {"enabled": True, "replicaCount": 2}}),
+        "dispatcher.sink=file appends to one file on one volume",
+    ),
+    "file outside the volume": (
+        merged(REDIS, {"dispatcher": {"enabled": True, "endpoint": "/var/log/events.jsonl"}}),
+        "dispatcher.endpoint (/var/log/events.jsonl) must be a file under "
+        "dispatcher.persistence.mountPath (/data)",
+    ),
+    "backoff range upside down": (
+        merged(REDIS, {"dispatcher": {"enabled": True, "backoffMin": 10, "backoffMax": 5}}),
+        "dispatcher.backoffMax (5) must be at least dispatcher.backoffMin (10)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_an_impossible_combination_fails_with_its_message(
+    render_chart: RenderChart, case: str
+) -> None:
+    values, message = CASES[case]
+    with pytest.raises(helm.HelmRenderError, match=re.escape(message)) as failure:
+        render_chart(values)
+    assert "VALUES VALIDATION" in str(failure.value)
+
+
+def test_every_problem_is_reported_at_once(render_chart: RenderChart) -> None:
+    values = {"collector": {"sink": "postgres"}, "dispatcher": {"enabled": True, "sink": "lunary"}}
+    with pytest.raises(helm.HelmRenderError) as failure:
+        render_chart(values)
+    text = str(failure.value)
+    assert NO_REDIS in text
+    assert "collector.sink=postgres needs DATABASE_URL" in text
+    assert "dispatcher.sink=lunary needs an API key" in text
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        merged(REDIS, {"collector": {"sink": "postgres"},
+                       "dev": {"createSecrets": True, "secrets": {"databaseUrl": "postgresql://x"}}}),
+        merged(REDIS, {"collector": {"enabled": False}, "dispatcher": {"enabled": True,
+                                                                        "group": "collector"}}),
+        merged(REDIS, {"dispatcher": {"enabled": True, "endpoint": "/data/usage/e.jsonl"}}),
+        {"redis": {"existingSecret": "r", "existingSecretUrlKey": "url"}},
+    ],
+    ids=["dev database secret", "collector off", "file under the volume", "url secret"],
+)  # fmt: skip
+def test_the_neighbours_of_impossible_combinations_render(
+    render_chart: RenderChart, values: Values
+) -> None:
+    assert render_chart(values).manifests
