@@ -19,12 +19,13 @@ import argparse
 import asyncio
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from llm_gateway_fakes.scripted import FailureScript
 
 LOG_PATH = "/custom/v1/log"
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -51,19 +52,13 @@ class Logged:
 
 
 @dataclass
-class _Failure:
-    status: int
-    headers: dict[str, str]
-
-
-@dataclass
 class FakeHelicone:
     api_key: str | None = None
     response_delay: float = 0.0  # after the log is stored: a slow (or killed) client
     logs: dict[str, Logged] = field(default_factory=dict)
     requests: list[Received] = field(default_factory=list)
     duplicates: int = 0
-    _failures: deque[_Failure] = field(default_factory=deque)
+    _failures: FailureScript = field(default_factory=FailureScript)
 
     def reset(self) -> None:
         self.api_key = None
@@ -76,8 +71,7 @@ class FakeHelicone:
     def fail_next(self, count: int, status: int, *, retry_after: str | None = None) -> None:
         """Answer the next `count` requests with `status`, unread; 200 means Helicone's
         "200 with an error" (a downstream failure)."""
-        headers = {"Retry-After": retry_after} if retry_after is not None else {}
-        self._failures.extend([_Failure(status, headers)] * count)
+        self._failures.add(count, status, {"Retry-After": retry_after})
 
     def stop_failing(self) -> None:
         """Forget the failures still scripted."""
@@ -97,8 +91,8 @@ class FakeHelicone:
         return response
 
     async def _answer(self, received: Received) -> web.Response:
-        if self._failures:
-            failure = self._failures.popleft()
+        failure = self._failures.next()
+        if failure is not None:
             received.errored = failure.status == 200
             error = {"error": f"Fake failure: told to answer {failure.status}"}
             return web.json_response(error, status=failure.status, headers=failure.headers)

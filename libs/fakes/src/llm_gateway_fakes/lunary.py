@@ -20,13 +20,14 @@ import asyncio
 import re
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from llm_gateway_fakes.scripted import FailureScript
 
 INGEST_PATH = "/v1/runs/ingest"
 _DERIVED_RUN_IDS = uuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")  # uuid.NAMESPACE_URL
@@ -54,19 +55,13 @@ class Run:
 
 
 @dataclass
-class _Failure:
-    status: int
-    headers: dict[str, str]
-
-
-@dataclass
 class FakeLunary:
     api_key: str | None = None
     response_delay: float = 0.0  # after the events are stored: a slow (or killed) client
     runs: dict[str, Run] = field(default_factory=dict)
     requests: list[Received] = field(default_factory=list)
     duplicate_starts: int = 0
-    _failures: deque[_Failure] = field(default_factory=deque)
+    _failures: FailureScript = field(default_factory=FailureScript)
     _event_failures: int = 0
 
     def reset(self) -> None:
@@ -83,9 +78,9 @@ class FakeLunary:
         rate_limit_reset: str | None = None,
     ) -> None:  # fmt: skip
         """Answer the next `count` requests with `status` (and these headers) unread."""
-        headers = {"Retry-After": retry_after, "Rate-Limit-Reset": rate_limit_reset}
-        failure = _Failure(status, {k: v for k, v in headers.items() if v is not None})
-        self._failures.extend([failure] * count)
+        self._failures.add(
+            count, status, {"Retry-After": retry_after, "Rate-Limit-Reset": rate_limit_reset}
+        )
 
     def fail_events_next(self, count: int) -> None:
         """Fail the next `count` events inside a 200, as Lunary does when it cannot store one."""
@@ -113,8 +108,8 @@ class FakeLunary:
         return response
 
     async def _answer(self, request: web.Request, raw: bytes) -> web.Response:
-        if self._failures:
-            failure = self._failures.popleft()
+        failure = self._failures.next()
+        if failure is not None:
             body = {"error": "Fake failure", "message": f"told to answer {failure.status}"}
             return web.json_response(body, status=failure.status, headers=failure.headers)
         denied = self._authenticate(request.headers.get("Authorization", ""))
