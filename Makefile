@@ -32,7 +32,7 @@ deps: .venv/.synced  ## install everything the gateway and its tests need
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-demo: deps  ## Redis, fake upstream, proxy, collector; send a request; show its event arrive
+demo: deps  ## Redis, fake upstream and the three services; send a request; see its event arrive
 	$(UV) run --frozen python scripts/demo.py
 
 test: deps lint typecheck pytest  ## lint, type-check and run every test

@@ -1,9 +1,10 @@
 """`make demo`: the whole gateway on this machine, one request through it, and its usage event.
 
 Starts a private Redis, the fake OpenAI upstream (or the real OpenAI API when
-UPSTREAM_OPENAI_API_KEY is set), `llm-gateway-proxy` and `llm-gateway-collector` (NDJSON); sends a
-chat completion and a streamed one through the gateway; prints the answers, the events they
-produced in the Redis stream, and the lines the collector wrote for them.
+UPSTREAM_OPENAI_API_KEY is set), `llm-gateway-proxy`, `llm-gateway-collector` (NDJSON) and
+`llm-gateway-dispatcher` (JSONL file sink); sends a chat completion and a streamed one through the
+gateway; prints the answers, the events they produced in the Redis stream, and the lines the
+collector and the dispatcher wrote for them.
 Interactive terminals keep everything running (Ctrl-C stops it); otherwise it exits.
 """
 
@@ -31,7 +32,7 @@ STREAM = "llm-gateway:events"
 
 
 def main() -> None:
-    with services() as (proxy_url, redis_url, upstream, ndjson):
+    with services() as (proxy_url, redis_url, upstream, ndjson, jsonl):
         print(f"\n== gateway at {proxy_url} (upstream: {upstream})\n")
         body = {"model": os.environ.get("DEMO_MODEL", "gpt-4o-mini"),
                 "messages": [{"role": "user", "content": "Say hello in five words."}]}  # fmt: skip
@@ -47,10 +48,11 @@ def main() -> None:
             event = wait_for_event(client, wanted)
             print(f"== usage event for {wanted} (XRANGE {STREAM}):")
             print(json.dumps(event, indent=2) + "\n")
-        print(f"== the collector's NDJSON ({ndjson}):")
-        for wanted in (request_id, stream_id):
-            print(wait_for_line(ndjson, wanted))
-        print()
+        for who, path in (("collector's NDJSON", ndjson), ("dispatcher's JSONL", jsonl)):
+            print(f"== the {who} ({path}):")
+            for wanted in (request_id, stream_id):
+                print(wait_for_line(path, wanted))
+            print()
         if sys.stdin.isatty():
             print(f"Gateway running: point an OpenAI client at {proxy_url}/v1 "
                   f"(redis-cli -u {redis_url} XRANGE {STREAM} - +). Ctrl-C stops.")  # fmt: skip
@@ -59,7 +61,7 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def services() -> Iterator[tuple[str, str, str, Path]]:
+def services() -> Iterator[tuple[str, str, str, Path, Path]]:
     workdir = Path(tempfile.mkdtemp(prefix="llm-gateway-demo-"))
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -94,10 +96,16 @@ def services() -> Iterator[tuple[str, str, str, Path]]:
         collector_env = {"REDIS_URL": env["REDIS_URL"], "EVENT_LOG_PATH": str(ndjson),
                          "COLLECTOR_LISTEN_ADDR": f"127.0.0.1:{collector_port}"}  # fmt: skip
         spawn([str(BIN / "llm-gateway-collector")], collector_env, log="collector.log")
-        wait_for_port(proxy_port)
-        wait_for_port(collector_port)
+        jsonl = workdir / "dispatched.jsonl"
+        dispatcher_port = free_port()
+        dispatcher_env = {"REDIS_URL": env["REDIS_URL"], "DISPATCHER_SINK": "file",
+                          "DISPATCHER_ENDPOINT": str(jsonl), "DISPATCHER_FLUSH_INTERVAL": "0.1",
+                          "DISPATCHER_LISTEN_ADDR": f"127.0.0.1:{dispatcher_port}"}  # fmt: skip
+        spawn([str(BIN / "llm-gateway-dispatcher")], dispatcher_env, log="dispatcher.log")
+        for port in (proxy_port, collector_port, dispatcher_port):
+            wait_for_port(port)
         print(f"logs in {workdir}")
-        yield f"http://127.0.0.1:{proxy_port}", env["REDIS_URL"], upstream, ndjson
+        yield f"http://127.0.0.1:{proxy_port}", env["REDIS_URL"], upstream, ndjson, jsonl
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
