@@ -11,6 +11,8 @@ core 1; this process, wrk, the fake upstream and Redis share core 0. See bench/R
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import signal
 import sys
@@ -198,13 +200,19 @@ def start_floor(children: Children, upstream_port: int) -> Child:
 
 
 def start_gateway(children: Children, upstream_port: int, redis_url: str, tmp: Path) -> Child:
-    """The gateway as deployed: its console script, metering on, one JSON log line per request
-    (to a file, as a container runtime would take them)."""
+    """The gateway as deployed: its console script, gateway keys checked (a static key file),
+    metering on, one JSON log line per request (to a file, as a container runtime takes them)."""
     port = free_port()
+    keys_file = tmp / "keys.json"
+    keys_file.write_text(json.dumps([{  # the key the load generators send, hashed; no limits
+        "id": "key_bench", "key_hash": hashlib.sha256(b"sk-bench").hexdigest(),
+        "name": "bench", "tenant": "bench"}]))  # fmt: skip
     env = {
         "LISTEN_ADDR": f"127.0.0.1:{port}",
         "UPSTREAM_OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
         "REDIS_URL": redis_url,
+        "AUTH_MODE": "keys",
+        "KEYS_FILE": str(keys_file),
         "LOG_LEVEL": "info",
         "SHUTDOWN_GRACE_SECONDS": "5",
     }

@@ -26,8 +26,10 @@ from pathlib import Path
 import redis
 
 from llm_gateway_fakes.localnet import free_port, wait_for_port
+from llm_gateway_proxy.keys import hash_key, new_key
 
 BIN = Path(sys.executable).parent
+DEMO_KEY = new_key()  # a gateway key for this run; the proxy only ever sees its hash
 STREAM = "llm-gateway:events"
 
 
@@ -37,7 +39,7 @@ def main() -> None:
         body = {"model": os.environ.get("DEMO_MODEL", "gpt-4o-mini"),
                 "messages": [{"role": "user", "content": "Say hello in five words."}]}  # fmt: skip
         request_id, answer = post(f"{proxy_url}/v1/chat/completions", body)
-        print(f"$ curl {proxy_url}/v1/chat/completions -H 'X-LLM-Tenant: demo' "
+        print(f"$ curl {proxy_url}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' "
               f"-d '{json.dumps(body)}'")  # fmt: skip
         print(f"X-LLM-Request-ID: {request_id}\n{answer.decode()}\n")
         stream_id, streamed = post(f"{proxy_url}/v1/chat/completions", {**body, "stream": True})
@@ -54,7 +56,8 @@ def main() -> None:
                 print(wait_for_line(path, wanted))
             print()
         if sys.stdin.isatty():
-            print(f"Gateway running: point an OpenAI client at {proxy_url}/v1 "
+            print(f"Gateway running: point an OpenAI client at {proxy_url}/v1 with api_key "
+                  f"{DEMO_KEY} "
                   f"(redis-cli -u {redis_url} XRANGE {STREAM} - +). Ctrl-C stops.")  # fmt: skip
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
@@ -77,8 +80,11 @@ def services() -> Iterator[tuple[str, str, str, Path, Path]]:
             sys.exit("redis-server not found: run `make deps` first")
         spawn([server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no", "--dir", str(workdir)])  # fmt: skip
+        keys_file = workdir / "keys.json"
+        keys_file.write_text(json.dumps([{"id": "key_demo", "key_hash": hash_key(DEMO_KEY),
+                                          "name": "demo", "tenant": "demo"}]))  # fmt: skip
         env = {"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-               "LISTEN_ADDR": f"127.0.0.1:{proxy_port}"}  # fmt: skip
+               "LISTEN_ADDR": f"127.0.0.1:{proxy_port}", "KEYS_FILE": str(keys_file)}  # fmt: skip
         if os.environ.get("UPSTREAM_OPENAI_API_KEY"):
             upstream = os.environ.get("UPSTREAM_OPENAI_BASE_URL", "https://api.openai.com/v1")
         else:
@@ -119,7 +125,7 @@ def services() -> Iterator[tuple[str, str, str, Path, Path]]:
 def post(url: str, body: dict[str, object]) -> tuple[str, bytes]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json",
-                                              "X-LLM-Tenant": "demo"})  # fmt: skip
+                                              "Authorization": f"Bearer {DEMO_KEY}"})  # fmt: skip
     with urllib.request.urlopen(request, timeout=60) as response:
         return response.headers["X-LLM-Request-ID"], response.read()
 

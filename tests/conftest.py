@@ -58,6 +58,9 @@ def proxy_factory(redis_url: str, upstream_server: FakeOpenAIServer) -> Iterator
             "UPSTREAM_OPENAI_BASE_URL": upstream_server.base_url,
             "UPSTREAM_OPENAI_API_KEY": UPSTREAM_KEY,
             "REDIS_URL": redis_url,
+            # Most tests are about forwarding and metering; tests/proxy/test_access.py runs
+            # proxies with keys (AUTH_MODE=keys) and checks authentication and limits.
+            "AUTH_MODE": "none",
         }
         proxy = ProxyProcess({**base, **env}).start()
         started.append(proxy)

@@ -52,21 +52,28 @@ def test_malformed_event_is_rejected() -> None:
 
 
 def test_settings_defaults_and_errors_name_the_variable() -> None:
-    settings = ProxySettings.from_env({})
+    with pytest.raises(ConfigError, match="AUTH_MODE=keys needs KEYS_FILE"):
+        ProxySettings.from_env({})  # no way for any key to exist: refuse to start
+    settings = ProxySettings.from_env({"AUTH_MODE": "none"})
+    assert settings.auth_mode == "none"
+    assert ProxySettings.from_env({"MANAGEMENT_TOKEN": "t"}).auth_mode == "keys"
     assert settings.upstream_base_url == "https://api.openai.com/v1"
     assert (settings.listen_host, settings.listen_port) == ("0.0.0.0", 8080)
     assert settings.max_request_body_bytes == 32 * 1024 * 1024
     with pytest.raises(ConfigError, match="EVENT_QUEUE_SIZE"):
-        ProxySettings.from_env({"EVENT_QUEUE_SIZE": "lots"})
+        ProxySettings.from_env({"AUTH_MODE": "none", "EVENT_QUEUE_SIZE": "lots"})
     with pytest.raises(ConfigError, match="LISTEN_ADDR"):
-        ProxySettings.from_env({"LISTEN_ADDR": "nowhere"})
+        ProxySettings.from_env({"AUTH_MODE": "none", "LISTEN_ADDR": "nowhere"})
     with pytest.raises(ConfigError, match="UPSTREAM_OPENAI_BASE_URL"):
-        ProxySettings.from_env({"UPSTREAM_OPENAI_BASE_URL": "ftp://x"})
+        ProxySettings.from_env({"AUTH_MODE": "none", "UPSTREAM_OPENAI_BASE_URL": "ftp://x"})
 
 
 def test_settings_never_show_the_upstream_key() -> None:
-    settings = ProxySettings.from_env({"UPSTREAM_OPENAI_API_KEY": "sk-very-secret"})
+    settings = ProxySettings.from_env(
+        {"UPSTREAM_OPENAI_API_KEY": "sk-very-secret", "MANAGEMENT_TOKEN": "mgmt-very-secret"}
+    )
     assert "sk-very-secret" not in repr(settings)
+    assert "mgmt-very-secret" not in repr(settings)
     assert "sk-very-secret" not in str(settings)
 
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -18,14 +19,19 @@ from starlette.routing import Route
 from llm_gateway_common.heap import settle_after_startup
 from llm_gateway_common.streams import connect_redis
 from llm_gateway_proxy import health
+from llm_gateway_proxy.access import Access
 from llm_gateway_proxy.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 from llm_gateway_proxy.errors import GatewayError, MethodNotAllowed, NotFound
 from llm_gateway_proxy.exchange import REQUEST_ID_HEADER, new_request_id
 from llm_gateway_proxy.gateway import Gateway
 from llm_gateway_proxy.handlers import ProxyHandler
+from llm_gateway_proxy.keystore import KeyStore, load_static_keys
 from llm_gateway_proxy.metering import EventPublisher
+from llm_gateway_proxy.ratelimit import RateLimiter
 from llm_gateway_proxy.settings import ProxySettings
 from llm_gateway_proxy.upstream import Upstream
+
+log = structlog.get_logger("llm_gateway.proxy")
 
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -48,10 +54,21 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
             flush_interval=settings.event_flush_interval,
             timeout=settings.redis_timeout,
         )
+        static_keys = load_static_keys(settings.keys_file) if settings.keys_file else {}
+        access = Access(
+            KeyStore(redis, cache_ttl=settings.key_cache_ttl,
+                     timeout=settings.request_redis_timeout, static=static_keys),
+            RateLimiter(redis, timeout=settings.request_redis_timeout,
+                        fail_open=settings.rate_limit_fail_open),
+            enabled=settings.auth_mode == "keys",
+        )  # fmt: skip
+        if not access.enabled:
+            detail = "every client can use the upstream key: for local demos only"
+            log.warning("authentication_disabled", auth_mode="none", detail=detail)
         runner = asyncio.create_task(publisher.run(), name="event-publisher")
         settle_after_startup()
         try:
-            yield {"gateway": Gateway(settings, upstream, publisher, stop_signal)}
+            yield {"gateway": Gateway(settings, upstream, publisher, access, stop_signal)}
         finally:
             stop_signal.set()
             await publisher.close(runner, grace=max(settings.redis_timeout * 3, 5.0))

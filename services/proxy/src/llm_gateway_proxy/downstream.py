@@ -92,6 +92,7 @@ class Downstream:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()),
             *extra_headers,
+            *err.headers(),
         ]
         await self.start(err.status, headers)
         await self.body(payload, more=False)

@@ -2,6 +2,10 @@
 
     GatewayError                      500 api_error
     ├── InvalidRequest                400 invalid_request_error  (bad JSON, missing model, ...)
+    ├── AuthenticationFailed          401 authentication_error
+    ├── PermissionDenied              403 permission_error        (model or tenant not allowed)
+    ├── RateLimited                   429 rate_limit_error        (with Retry-After, x-ratelimit-*)
+    ├── AuthUnavailable               503 api_error
     ├── NotFound                      404 invalid_request_error
     ├── MethodNotAllowed              405 invalid_request_error
     ├── RequestTooLarge               413 invalid_request_error
@@ -34,6 +38,10 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Extra response headers this error carries (Retry-After, ...)."""
+        return []
+
     def body(self) -> bytes:
         """The OpenAI error object, as the SDKs parse it."""
         return orjson.dumps(
@@ -60,6 +68,58 @@ class InvalidJSON(InvalidRequest):
 
 class MissingParameter(InvalidRequest):
     code = "missing_required_parameter"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class ModelNotAllowed(PermissionDenied):
+    code = "model_not_allowed"
+
+
+class TenantNotAllowed(PermissionDenied):
+    code = "tenant_not_allowed"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, limit_value: int, reset_seconds: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.limit_value = limit_value
+        self.reset_seconds = reset_seconds
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        kind = b"requests" if self.limit == "requests" else b"tokens"
+        reset = str(max(self.reset_seconds, 1)).encode()
+        return [
+            (b"retry-after", reset),
+            (b"x-ratelimit-limit-" + kind, str(self.limit_value).encode()),
+            (b"x-ratelimit-remaining-" + kind, b"0"),
+            (b"x-ratelimit-reset-" + kind, reset + b"s"),
+        ]
+
+
+class BudgetExhausted(RateLimited):
+    code = "budget_exceeded"
+
+
+class AuthUnavailable(GatewayError):
+    status = 503
+    type = "api_error"
+    code = "auth_unavailable"
 
 
 class NotFound(GatewayError):

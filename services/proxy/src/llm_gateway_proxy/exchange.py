@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime
 
 from llm_gateway_common.events import Outcome, UsageEvent, UsageSource
+from llm_gateway_proxy.keys import KeyRecord
 from llm_gateway_proxy.usage import Usage, estimate_tokens
 
 REQUEST_ID_HEADER = "X-LLM-Request-ID"
@@ -30,6 +31,7 @@ class Exchange:
         "error_type",
         "event_id",
         "finished",
+        "key",
         "metered",
         "method",
         "model",
@@ -38,6 +40,7 @@ class Exchange:
         "request_body",
         "request_bytes",
         "request_id",
+        "requested_tenant",
         "response_bytes",
         "response_model",
         "started",
@@ -80,7 +83,9 @@ class Exchange:
                 x_tenant = value
             elif name == b"x-request-id":
                 client_request_id = value
-        self.tenant = _header_text(tenant or x_tenant) or "default"
+        self.requested_tenant = _header_text(tenant or x_tenant)
+        self.tenant = self.requested_tenant or "default"
+        self.key: KeyRecord | None = None
         self.client_request_id = _header_text(client_request_id)
         self.upstream_request_id: str | None = None
         self.model: str | None = None
@@ -134,6 +139,7 @@ class Exchange:
             client_request_id=self.client_request_id,
             upstream_request_id=self.upstream_request_id,
             tenant=self.tenant,
+            key_id=None if self.key is None else self.key.id,
             user=self.user,
             endpoint=self.endpoint,
             method=self.method,

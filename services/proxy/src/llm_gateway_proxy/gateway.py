@@ -6,6 +6,7 @@ import asyncio
 
 import structlog
 
+from llm_gateway_proxy.access import Access
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.ids import IdSource
 from llm_gateway_proxy.metering import EventPublisher
@@ -21,22 +22,27 @@ class Gateway:
         settings: ProxySettings,
         upstream: Upstream,
         publisher: EventPublisher,
+        access: Access,
         stopping: asyncio.Event,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
         self.publisher = publisher
+        self.access = access
         self.stopping = stopping
         self.ids = IdSource()
 
     def record(self, exchange: Exchange) -> None:
         """Meter one finished request and write its one log line. Never raises into the handler."""
         event = exchange.to_event(self.settings.metering_capture_bytes)
-        self.publisher.publish(event)
+        key = exchange.key
+        charges = () if key is None else self.access.limiter.charges(key, event.total_tokens)
+        self.publisher.publish(event, charges)
         log.info(
             "request",
             request_id=event.request_id,
             tenant=event.tenant,
+            key_id=event.key_id,
             endpoint=event.endpoint,
             model=event.model,
             stream=event.stream,

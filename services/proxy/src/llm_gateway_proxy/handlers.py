@@ -72,11 +72,19 @@ class ProxyHandler:
         self, gateway: Gateway, scope: Scope, exchange: Exchange, downstream: Downstream
     ) -> None:
         id_header = [(b"x-llm-request-id", exchange.request_id.encode())]
+        access = gateway.access
         try:
+            key = await access.authenticate(scope["headers"])
+            if key is not None:
+                exchange.key = key
+                exchange.tenant = access.tenant(key, exchange.requested_tenant)
             body = await downstream.read_body(
                 gateway.settings.max_request_body_bytes, scope["headers"]
             )
             forward_body = self._prepare(body, exchange, gateway.settings.metering_capture_bytes)
+            if key is not None:
+                access.authorize_model(key, exchange.model)
+                await access.admit(key)
             downstream.watch_disconnect()
             upstream = gateway.upstream
             response = await upstream.send(

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 import structlog
@@ -22,6 +23,7 @@ from redis.exceptions import RedisError
 
 from llm_gateway_common.events import UsageEvent
 from llm_gateway_common.streams import entry_fields
+from llm_gateway_proxy.ratelimit import Charge
 
 _RETRY_MIN = 0.05
 _RETRY_MAX = 2.0
@@ -52,6 +54,7 @@ class EventPublisher:
         self._flush_interval = flush_interval
         self._timeout = timeout
         self._queue: deque[UsageEvent] = deque()
+        self._charges: deque[Charge] = deque()
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
@@ -65,12 +68,14 @@ class EventPublisher:
     def queued(self) -> int:
         return len(self._queue)
 
-    def publish(self, event: UsageEvent) -> None:
-        """Queue one event; never blocks. Drops (counted, logged) only when the queue is full."""
+    def publish(self, event: UsageEvent, charges: Iterable[Charge] = ()) -> None:
+        """Queue one event (and the token charges of its key); never blocks. Drops (counted,
+        logged) only when the queue is full."""
         if len(self._queue) >= self._queue_size:
             self._drop(1)
             return
         self._queue.append(event)
+        self._charges.extend(charges)
         if not self._wakeup.is_set():
             self._wakeup.set()
         if len(self._queue) >= self._batch_size:
@@ -122,9 +127,15 @@ class EventPublisher:
         pipe = self._redis.pipeline(transaction=False)
         for event in batch:
             pipe.xadd(self._stream, entry_fields(event), maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+        charges = [self._charges.popleft() for _ in range(len(self._charges))]
+        for charge in charges:
+            pipe.incrby(charge.key, charge.amount)
+            if charge.ttl is not None:
+                pipe.expire(charge.key, charge.ttl)
         try:
             await asyncio.wait_for(pipe.execute(), self._timeout)
         except (RedisError, OSError, TimeoutError) as exc:
+            self._charges.extendleft(reversed(charges))
             self.write_failures += 1
             if self.redis_healthy:
                 log.warning(

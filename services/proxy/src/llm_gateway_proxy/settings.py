@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import msgspec
 
@@ -35,9 +36,18 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     metering_capture_bytes: int = 0
     shutdown_grace: float = 30.0
     log_level: str = "info"
+    auth_mode: Literal["keys", "none"] = "keys"
+    keys_file: str | None = None
+    management_token: str | None = None
+    key_cache_ttl: float = 2.0
+    request_redis_timeout: float = 0.1
+    rate_limit_fail_open: bool = True
 
-    def __repr__(self) -> str:  # never print the upstream key
-        return f"ProxySettings(upstream={self.upstream_base_url!r}, listen={self.listen_port})"
+    def __repr__(self) -> str:  # never print the upstream key or the management token
+        return (
+            f"ProxySettings(upstream={self.upstream_base_url!r}, listen={self.listen_port}, "
+            f"auth_mode={self.auth_mode!r})"
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ProxySettings:
@@ -48,6 +58,16 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"UPSTREAM_OPENAI_BASE_URL must be an http(s) URL, got {base_url!r}")
         client_timeout = env.number("HTTP_CLIENT_TIMEOUT", 600.0, minimum=0.001)
+        auth_mode = env.text("AUTH_MODE", "keys").lower()
+        if auth_mode not in ("keys", "none"):
+            raise ConfigError(f"AUTH_MODE must be keys or none, got {auth_mode!r}")
+        keys_file = env.optional_text("KEYS_FILE")
+        management_token = env.optional_text("MANAGEMENT_TOKEN")
+        if auth_mode == "keys" and keys_file is None and management_token is None:
+            raise ConfigError(
+                "AUTH_MODE=keys needs KEYS_FILE (hashed keys) or MANAGEMENT_TOKEN (to create "
+                "keys); set AUTH_MODE=none to run without authentication (local demos only)"
+            )
         return cls(
             listen_host=host,
             listen_port=port,
@@ -72,4 +92,10 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
             metering_capture_bytes=env.integer("METERING_CAPTURE_BYTES", 0, minimum=0),
             shutdown_grace=env.number("SHUTDOWN_GRACE_SECONDS", 30.0, minimum=0),
             log_level=env.text("LOG_LEVEL", "info"),
+            auth_mode=auth_mode,  # type: ignore[arg-type]
+            keys_file=keys_file,
+            management_token=management_token,
+            key_cache_ttl=env.number("KEY_CACHE_TTL", 2.0, minimum=0),
+            request_redis_timeout=env.number("REQUEST_REDIS_TIMEOUT", 0.1, minimum=0.001),
+            rate_limit_fail_open=env.flag("RATE_LIMIT_FAIL_OPEN", True),
         )

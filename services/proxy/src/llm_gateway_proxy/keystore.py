@@ -1,0 +1,114 @@
+"""Where key records live: Redis (shared by every replica) and, for GitOps, a static file of
+hashed keys; with a short per-process cache so a request rarely pays a Redis round trip.
+
+Redis layout (prefix `llm-gateway:keys:`):
+    hash:<sha256>  -> the record (JSON)         looked up on each cache miss
+    id:<key id>    -> <sha256>                  for the management API
+    ids            -> set of key ids
+
+Revocation takes effect everywhere within `cache_ttl` seconds (the cache is the only copy a
+replica keeps). Unknown keys are cached too, so a client hammering with a bad key costs one
+Redis lookup per `cache_ttl`. If Redis cannot answer, a cached record (even an expired one) is
+used; a key never seen before is refused (503), since it cannot be checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from llm_gateway_proxy.keys import KeyRecord
+
+PREFIX = "llm-gateway:keys:"
+_MAX_CACHED = 50_000
+_decode = msgspec.json.Decoder(KeyRecord).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class KeyStoreUnavailable(Exception):
+    """Redis could not be asked about a key the cache does not know."""
+
+
+class KeyStore:
+    def __init__(self, redis: aioredis.Redis, *, cache_ttl: float, timeout: float,
+                 static: dict[str, KeyRecord] | None = None) -> None:  # fmt: skip
+        self._redis = redis
+        self._cache_ttl = cache_ttl
+        self._timeout = timeout
+        self._static = static or {}
+        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+
+    @property
+    def has_static_keys(self) -> bool:
+        return bool(self._static)
+
+    async def lookup(self, key_hash: str) -> KeyRecord | None:
+        """The record for a key hash, or None if no such key exists."""
+        static = self._static.get(key_hash)
+        if static is not None:
+            return static
+        now = time.monotonic()
+        cached = self._cache.get(key_hash)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            raw = await asyncio.wait_for(
+                self._redis.get(PREFIX + "hash:" + key_hash), self._timeout
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            if cached is not None:
+                return cached[0]  # stale, but Redis is away: keep serving known keys
+            raise KeyStoreUnavailable(type(exc).__name__) from exc
+        record = _decode(raw) if raw else None
+        if len(self._cache) >= _MAX_CACHED:
+            self._cache.clear()
+        self._cache[key_hash] = (record, now + self._cache_ttl)
+        return record
+
+    # --- management (not on the request path) ------------------------------------------------
+
+    async def save(self, record: KeyRecord) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(PREFIX + "hash:" + record.key_hash, _encode(record))
+        pipe.set(PREFIX + "id:" + record.id, record.key_hash)
+        pipe.sadd(PREFIX + "ids", record.id)
+        await asyncio.wait_for(pipe.execute(), self._timeout)
+        self._cache.pop(record.key_hash, None)
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        key_hash = await asyncio.wait_for(self._redis.get(PREFIX + "id:" + key_id), self._timeout)
+        if not key_hash:
+            return None
+        raw = await asyncio.wait_for(
+            self._redis.get(PREFIX + "hash:" + _text(key_hash)), self._timeout
+        )
+        return _decode(raw) if raw else None
+
+    async def list(self) -> list[KeyRecord]:
+        ids = await asyncio.wait_for(self._redis.smembers(PREFIX + "ids"), self._timeout)
+        records = [await self.get(_text(key_id)) for key_id in sorted(ids)]
+        return [record for record in records if record is not None]
+
+    async def replace_hash(self, old: KeyRecord, new: KeyRecord) -> None:
+        """Rotation: the same id and settings under a new key; the old key stops working."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(PREFIX + "hash:" + old.key_hash)
+        pipe.set(PREFIX + "hash:" + new.key_hash, _encode(new))
+        pipe.set(PREFIX + "id:" + new.id, new.key_hash)
+        await asyncio.wait_for(pipe.execute(), self._timeout)
+        self._cache.pop(old.key_hash, None)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def load_static_keys(path: str) -> dict[str, KeyRecord]:
+    """A JSON list of key records (with `key_hash`, never the key), e.g. mounted from a Secret."""
+    records = msgspec.json.decode(Path(path).read_bytes(), type=list[KeyRecord])
+    return {record.key_hash: record for record in records}
