@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from llm_gateway_common.heap import settle_after_startup
 from llm_gateway_common.streams import connect_redis
@@ -26,6 +26,7 @@ from llm_gateway_proxy.exchange import REQUEST_ID_HEADER, new_request_id
 from llm_gateway_proxy.gateway import Gateway
 from llm_gateway_proxy.handlers import ProxyHandler
 from llm_gateway_proxy.keystore import KeyStore, load_static_keys
+from llm_gateway_proxy.manage import create_management_app
 from llm_gateway_proxy.metering import EventPublisher
 from llm_gateway_proxy.ratelimit import RateLimiter
 from llm_gateway_proxy.settings import ProxySettings
@@ -81,6 +82,7 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
         Route(EMBEDDINGS.path, ProxyHandler(EMBEDDINGS), methods=["POST"]),
         Route(RESPONSES.path, ProxyHandler(RESPONSES), methods=["POST"]),
         Route("/v1/{path:path}", ProxyHandler(None), methods=_ALL_METHODS),
+        Mount("/manage", app=create_management_app()),
         Route("/health", health.health, methods=["GET"]),
         Route("/live", health.live, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),

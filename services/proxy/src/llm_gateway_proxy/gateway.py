@@ -9,7 +9,9 @@ import structlog
 from llm_gateway_proxy.access import Access
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.ids import IdSource
+from llm_gateway_proxy.keystore import KeyStore
 from llm_gateway_proxy.metering import EventPublisher
+from llm_gateway_proxy.ratelimit import RateLimiter
 from llm_gateway_proxy.settings import ProxySettings
 from llm_gateway_proxy.upstream import Upstream
 
@@ -31,6 +33,14 @@ class Gateway:
         self.access = access
         self.stopping = stopping
         self.ids = IdSource()
+
+    @property
+    def keys(self) -> KeyStore:
+        return self.access.keys
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self.access.limiter
 
     def record(self, exchange: Exchange) -> None:
         """Meter one finished request and write its one log line. Never raises into the handler."""

@@ -13,11 +13,14 @@ from hypercorn.config import Config
 
 from llm_gateway_common.config import ConfigError
 from llm_gateway_common.logs import LogOutput, configure_logging
+from llm_gateway_proxy import cli
 from llm_gateway_proxy.app import create_app
 from llm_gateway_proxy.settings import ProxySettings
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["keys"]:  # `llm-gateway-proxy keys ...`: the key management CLI
+        raise SystemExit(cli.main(sys.argv[2:]))
     try:
         settings = ProxySettings.from_env()
     except ConfigError as exc:

@@ -170,7 +170,8 @@ _AT = re.compile(r" - at (?:`key` in )?`\$(?P<at>[^`]*)`$")
 def _invalid(message: str) -> InvalidRequest:
     at = _AT.search(message)
     what = message[: at.start()] if at else message
-    param = at["at"].lstrip(".") if at else ""
+    # msgspec names a dict's value `[...]`, not by its key: the dict is the closest we can say
+    param = at["at"].replace("[...]", "").lstrip(".") if at else ""
     field = _FIELD.match(message)
     if field:
         param = f"{param}.{field['field']}" if param else field["field"]
