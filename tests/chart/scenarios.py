@@ -1,11 +1,18 @@
 """The value combinations the chart is rendered with across tests/chart: what platform teams
-install (an external Redis, secrets referenced), plus values-ci.yaml."""
+install (an external Redis, gateway keys, secrets referenced), plus values-ci.yaml. Each one is
+a working install: it renders, and every service accepts its environment."""
 
 from __future__ import annotations
 
 from tests.chart.rendering import Values, chart_values_file, merged
 
 REDIS = {"redis": {"host": "redis-master.redis.svc"}}
+# Gateway keys (proxy.auth.mode=keys, the default, needs one of the two or both).
+MANAGEMENT_TOKEN = {"proxy": {"auth": {"managementToken": {"existingSecret": "gateway-manage"}}}}
+KEYS_FILE = {"proxy": {"auth": {"keysFile": {"existingSecret": "gateway-keys"}}}}
+NO_AUTH = {"proxy": {"auth": {"mode": "none"}}}
+# The smallest install that works: an external Redis and a management token.
+MINIMAL = merged(REDIS, MANAGEMENT_TOKEN)
 UPSTREAM = {"proxy": {"upstream": {"existingSecret": "openai", "existingSecretKey": "api-key"}}}
 POSTGRES_COLLECTOR = {
     "collector": {"sink": "postgres", "postgres": {"existingSecret": "ledger-db"}},
@@ -26,18 +33,22 @@ REDIS_URL_SECRET = {"redis": {"existingSecret": "redis-url", "existingSecretUrlK
 
 
 SCENARIOS: dict[str, Values] = {
-    "minimal": REDIS,
+    "minimal": MINIMAL,
     "ci": chart_values_file("values-ci.yaml"),
-    "postgres-collector": merged(REDIS, UPSTREAM, POSTGRES_COLLECTOR),
-    "dispatcher-file": merged(REDIS, FILE_DISPATCHER),
-    "dispatcher-lunary": merged(REDIS, LUNARY),
-    "dispatcher-helicone": merged(REDIS, HELICONE),
-    "ingress": merged(REDIS, INGRESS),
-    "hpa": merged(REDIS, HPA),
-    "redis-password": merged(REDIS_PASSWORD, UPSTREAM),
-    "redis-url-secret": merged(REDIS_URL_SECRET, UPSTREAM),
+    # Keys kept in Git only (GitOps): no management API.
+    "postgres-collector": merged(REDIS, KEYS_FILE, UPSTREAM, POSTGRES_COLLECTOR),
+    "dispatcher-file": merged(MINIMAL, FILE_DISPATCHER),
+    "dispatcher-lunary": merged(MINIMAL, LUNARY),
+    "dispatcher-helicone": merged(MINIMAL, HELICONE),
+    "ingress": merged(MINIMAL, INGRESS),
+    "hpa": merged(MINIMAL, HPA),
+    "no-auth": merged(REDIS, NO_AUTH),
+    "redis-password": merged(REDIS_PASSWORD, MANAGEMENT_TOKEN, UPSTREAM),
+    "redis-url-secret": merged(REDIS_URL_SECRET, MANAGEMENT_TOKEN, UPSTREAM),
     "everything": merged(
         REDIS_PASSWORD,
+        MANAGEMENT_TOKEN,
+        KEYS_FILE,
         UPSTREAM,
         POSTGRES_COLLECTOR,
         HELICONE,
@@ -51,6 +62,7 @@ SCENARIOS: dict[str, Values] = {
             "proxy": {
                 "service": {"type": "LoadBalancer"},
                 "corsAllowOrigins": ["https://a.example"],
+                "auth": {"keyCacheTtl": 5, "requestRedisTimeout": 0.25, "rateLimitFailOpen": False},
             },
             "serviceAccount": {"annotations": {"iam.example.com/role": "gateway"}},
             "imagePullSecrets": [{"name": "regcred"}],

@@ -8,7 +8,7 @@ from typing import Any
 from tests.chart.conftest import RenderChart
 from tests.chart.kubelet import http_probes, secret_references
 from tests.chart.rendering import merged
-from tests.chart.scenarios import POSTGRES_COLLECTOR, REDIS
+from tests.chart.scenarios import MINIMAL, POSTGRES_COLLECTOR
 
 
 def _config(render_chart: RenderChart, values: Mapping[str, Any]) -> dict[str, str]:
@@ -17,10 +17,10 @@ def _config(render_chart: RenderChart, values: Mapping[str, Any]) -> dict[str, s
 
 
 def test_by_default_events_go_to_stdout_as_ndjson(render_chart: RenderChart) -> None:
-    rendered = render_chart(REDIS)
+    rendered = render_chart(MINIMAL)
     container = rendered.container("collector")
     assert container["command"] == ["llm-gateway-collector"]
-    config = _config(render_chart, REDIS)
+    config = _config(render_chart, MINIMAL)
     assert (config["COLLECTOR_SINK"], config["EVENT_LOG_PATH"]) == ("ndjson", "-")
     assert "DATABASE_URL" not in {v["name"] for v in container["env"]}
     assert rendered.deployment("collector")["spec"]["replicas"] == 1
@@ -28,7 +28,7 @@ def test_by_default_events_go_to_stdout_as_ndjson(render_chart: RenderChart) -> 
 
 def test_the_postgres_sink_reads_its_url_from_the_secret(render_chart: RenderChart) -> None:
     custom_key = {"collector": {"postgres": {"existingSecretKey": "dsn", "timeout": 3}}}
-    values = merged(REDIS, POSTGRES_COLLECTOR, custom_key)
+    values = merged(MINIMAL, POSTGRES_COLLECTOR, custom_key)
     container = render_chart(values).container("collector")
     assert secret_references(container)["DATABASE_URL"] == ("ledger-db", "dsn")
     config = _config(render_chart, values)
@@ -36,7 +36,7 @@ def test_the_postgres_sink_reads_its_url_from_the_secret(render_chart: RenderCha
 
 
 def test_values_reach_the_collector_variables(render_chart: RenderChart) -> None:
-    values = merged(REDIS, {"collector": {
+    values = merged(MINIMAL, {"collector": {
         "containerPort": 9101, "group": "ledger", "batchSize": 250, "blockMs": 500,
         "claimIdleMs": 30000, "progressInterval": 60, "redisTimeout": 3, "logLevel": "warning",
         "ndjson": {"path": "/var/events/usage.ndjson"}}})  # fmt: skip
@@ -63,12 +63,12 @@ def test_values_reach_the_collector_variables(render_chart: RenderChart) -> None
 
 
 def test_each_replica_is_its_own_consumer_in_the_shared_group(render_chart: RenderChart) -> None:
-    container = render_chart(merged(REDIS, {"collector": {"replicaCount": 3}})).container(
+    container = render_chart(merged(MINIMAL, {"collector": {"replicaCount": 3}})).container(
         "collector"
     )
     (consumer,) = [v for v in container["env"] if v["name"] == "COLLECTOR_CONSUMER"]
     assert consumer["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    named = render_chart(merged(REDIS, {"collector": {"consumer": "ledger-0"}}))
+    named = render_chart(merged(MINIMAL, {"collector": {"consumer": "ledger-0"}}))
     (consumer,) = [v for v in named.container("collector")["env"]
                    if v["name"] == "COLLECTOR_CONSUMER"]  # fmt: skip
     assert consumer == {"name": "COLLECTOR_CONSUMER", "value": "ledger-0"}
@@ -78,18 +78,18 @@ def test_the_readiness_check_outlasts_its_redis_and_sink_checks(
     render_chart: RenderChart,
 ) -> None:
     """/ready waits up to REDIS_TIMEOUT for Redis, then as long for the sink."""
-    probe = render_chart(REDIS).container("collector")["readinessProbe"]
+    probe = render_chart(MINIMAL).container("collector")["readinessProbe"]
     assert probe["timeoutSeconds"] == 12
-    slow = render_chart(merged(REDIS, {"collector": {"redisTimeout": 7.5}}))
+    slow = render_chart(merged(MINIMAL, {"collector": {"redisTimeout": 7.5}}))
     assert slow.container("collector")["readinessProbe"]["timeoutSeconds"] == 17
 
 
 def test_the_collector_can_be_turned_off(render_chart: RenderChart) -> None:
-    rendered = render_chart(merged(REDIS, {"collector": {"enabled": False}}))
+    rendered = render_chart(merged(MINIMAL, {"collector": {"enabled": False}}))
     assert rendered.find("Deployment", "collector") == []
     assert rendered.find("ConfigMap", "collector") == []
     assert rendered.components() == ["proxy"]
 
 
 def test_the_collector_has_no_service(render_chart: RenderChart) -> None:
-    assert render_chart(REDIS).find("Service", "collector") == []
+    assert render_chart(MINIMAL).find("Service", "collector") == []

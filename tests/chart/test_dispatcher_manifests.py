@@ -7,7 +7,7 @@ import pytest
 from tests.chart.conftest import RenderChart
 from tests.chart.kubelet import secret_references
 from tests.chart.rendering import Rendered, merged
-from tests.chart.scenarios import FILE_DISPATCHER, HELICONE, LUNARY, REDIS
+from tests.chart.scenarios import FILE_DISPATCHER, HELICONE, LUNARY, MINIMAL
 
 NAME = "gw-llm-gateway-dispatcher"
 
@@ -22,14 +22,14 @@ def _volumes(rendered: Rendered) -> dict[str, dict[str, object]]:
 
 
 def test_the_dispatcher_is_off_by_default(render_chart: RenderChart) -> None:
-    rendered = render_chart(REDIS)
+    rendered = render_chart(MINIMAL)
     assert rendered.components() == ["collector", "proxy"]
     for kind in ("ConfigMap", "PersistentVolumeClaim", "NetworkPolicy"):
         assert rendered.find(kind, "dispatcher") == []
 
 
 def test_the_file_sink_writes_onto_a_claim(render_chart: RenderChart) -> None:
-    rendered = render_chart(merged(REDIS, FILE_DISPATCHER, {"dispatcher": {"persistence": {
+    rendered = render_chart(merged(MINIMAL, FILE_DISPATCHER, {"dispatcher": {"persistence": {
         "size": "5Gi", "storageClass": "fast"}}}))  # fmt: skip
     claim = rendered.get("PersistentVolumeClaim", NAME)
     assert claim["spec"] == {
@@ -47,20 +47,20 @@ def test_the_file_sink_writes_onto_a_claim(render_chart: RenderChart) -> None:
 
 
 def test_the_file_follows_the_mount_path(render_chart: RenderChart) -> None:
-    rendered = render_chart(merged(REDIS, FILE_DISPATCHER, {"dispatcher": {"persistence": {
+    rendered = render_chart(merged(MINIMAL, FILE_DISPATCHER, {"dispatcher": {"persistence": {
         "mountPath": "/var/lib/usage"}}}))  # fmt: skip
     assert _config(rendered)["DISPATCHER_ENDPOINT"] == "/var/lib/usage/events.jsonl"
 
 
 def test_an_existing_claim_is_used_as_is(render_chart: RenderChart) -> None:
-    rendered = render_chart(merged(REDIS, FILE_DISPATCHER, {"dispatcher": {"persistence": {
+    rendered = render_chart(merged(MINIMAL, FILE_DISPATCHER, {"dispatcher": {"persistence": {
         "existingClaim": "usage-archive"}}}))  # fmt: skip
     assert rendered.of_kind("PersistentVolumeClaim") == []
     assert _volumes(rendered)["data"]["persistentVolumeClaim"] == {"claimName": "usage-archive"}
 
 
 def test_without_persistence_the_file_is_on_an_empty_dir(render_chart: RenderChart) -> None:
-    rendered = render_chart(merged(REDIS, FILE_DISPATCHER, {"dispatcher": {"persistence": {
+    rendered = render_chart(merged(MINIMAL, FILE_DISPATCHER, {"dispatcher": {"persistence": {
         "enabled": False}}}))  # fmt: skip
     assert rendered.of_kind("PersistentVolumeClaim") == []
     assert _volumes(rendered)["data"] == {"name": "data", "emptyDir": {}}
@@ -70,7 +70,7 @@ def test_without_persistence_the_file_is_on_an_empty_dir(render_chart: RenderCha
 def test_hosted_sinks_take_their_key_from_a_secret(
     render_chart: RenderChart, sink: str, layer: dict[str, object]
 ) -> None:
-    rendered = render_chart(merged(REDIS, layer))
+    rendered = render_chart(merged(MINIMAL, layer))
     container = rendered.container("dispatcher")
     assert secret_references(container)["DISPATCHER_API_KEY"] == (sink, "api-key")
     config = _config(rendered)
@@ -82,7 +82,7 @@ def test_hosted_sinks_take_their_key_from_a_secret(
 
 
 def test_values_reach_the_dispatcher_variables(render_chart: RenderChart) -> None:
-    values = merged(REDIS, HELICONE, {"dispatcher": {
+    values = merged(MINIMAL, HELICONE, {"dispatcher": {
         "endpoint": "https://helicone.internal/custom/v1/log", "containerPort": 9102,
         "group": "helicone", "batchSize": 20, "flushInterval": 0.5, "maxAttempts": 3,
         "timeout": 4, "concurrency": 2, "backoffMin": 0.5, "backoffMax": 30,
@@ -107,7 +107,7 @@ def test_values_reach_the_dispatcher_variables(render_chart: RenderChart) -> Non
 
 
 def test_the_dispatcher_consumes_in_its_own_group(render_chart: RenderChart) -> None:
-    rendered = render_chart(merged(REDIS, FILE_DISPATCHER))
+    rendered = render_chart(merged(MINIMAL, FILE_DISPATCHER))
     assert _config(rendered)["DISPATCHER_GROUP"] == "dispatcher"
     collector = rendered.get("ConfigMap", "gw-llm-gateway-collector")["data"]
     assert collector["COLLECTOR_GROUP"] != _config(rendered)["DISPATCHER_GROUP"]

@@ -19,7 +19,7 @@ from llm_gateway_proxy.settings import ProxySettings
 from tests.chart.conftest import RenderChart
 from tests.chart.kubelet import container_env, secret_references
 from tests.chart.rendering import Rendered, merged
-from tests.chart.scenarios import FILE_DISPATCHER, REDIS, SCENARIOS
+from tests.chart.scenarios import FILE_DISPATCHER, MINIMAL, SCENARIOS
 
 SETTINGS: dict[str, Callable[[Mapping[str, str]], msgspec.Struct]] = {
     "proxy": ProxySettings.from_env,
@@ -40,6 +40,7 @@ SECRET_VALUES = {
     "DISPATCHER_API_KEY": str(uuid.UUID(int=1)),
     "REDIS_PASSWORD": "pw",
     "REDIS_URL": "redis://:pw@redis.example:6379/0",
+    "MANAGEMENT_TOKEN": "mt-test",
 }
 
 
@@ -99,9 +100,15 @@ def test_the_chart_sets_exactly_what_the_service_reads(
 
 @pytest.mark.parametrize("component", sorted(SETTINGS))
 def test_the_defaults_are_the_services_defaults(render_chart: RenderChart, component: str) -> None:
-    rendered = render_chart(merged(REDIS, FILE_DISPATCHER))
-    from_chart = msgspec.structs.asdict(SETTINGS[component](_environment(rendered, component)))
-    unconfigured = msgspec.structs.asdict(SETTINGS[component]({}))
+    """Compared with the service given only the secrets the chart passes it (the proxy does not
+    start without a management token or a keys file, and neither has a default)."""
+    rendered = render_chart(merged(MINIMAL, FILE_DISPATCHER))
+    env = _environment(rendered, component)
+    from_chart = msgspec.structs.asdict(SETTINGS[component](env))
+    secrets = secret_references(rendered.container(component))
+    unconfigured = msgspec.structs.asdict(
+        SETTINGS[component]({name: env[name] for name in secrets})
+    )
     for field in DIFFERS:
         from_chart.pop(field, None)
         unconfigured.pop(field, None)

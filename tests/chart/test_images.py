@@ -26,7 +26,7 @@ import pytest
 from tests.chart.conftest import RenderChart
 from tests.chart.pods import RedisServer, http_status
 from tests.chart.rendering import merged
-from tests.chart.scenarios import FILE_DISPATCHER, REDIS
+from tests.chart.scenarios import FILE_DISPATCHER, MINIMAL
 from tests.support.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def _instruction(stage: list[str], keyword: str) -> list[str]:
 
 def test_one_target_per_service_starting_the_charts_command(render_chart: RenderChart) -> None:
     stages = _stages()
-    rendered = render_chart(merged(REDIS, FILE_DISPATCHER))
+    rendered = render_chart(merged(MINIMAL, FILE_DISPATCHER))
     for service in SERVICES:
         scripts = tomllib.loads((ROOT / "services" / service / "pyproject.toml").read_text())[
             "project"
@@ -82,7 +82,7 @@ def test_one_target_per_service_starting_the_charts_command(render_chart: Render
 def test_the_runtime_user_is_the_pods_user(render_chart: RenderChart) -> None:
     (user,) = _instruction(_stages()["runtime"], "USER")
     uid, gid = (int(part) for part in user.split(":"))  # numeric: runAsNonRoot can check it
-    context = render_chart(REDIS).pod_spec("proxy")["securityContext"]
+    context = render_chart(MINIMAL).pod_spec("proxy")["securityContext"]
     assert (uid, gid) == (context["runAsUser"], context["runAsGroup"])
     assert uid != 0
 
@@ -179,6 +179,7 @@ def test_the_image_install_runs_the_service(
         LISTEN_VARS[service]: f"127.0.0.1:{port}",
         "REDIS_URL": f"redis://127.0.0.1:{image_redis.port}/0",
         "DISPATCHER_ENDPOINT": str(context.parent / f"{service}-events.jsonl"),
+        "MANAGEMENT_TOKEN": "mt-image-test",  # the proxy needs gateway keys (AUTH_MODE=keys)
     }
     log = context.parent / f"{service}.log"
     with log.open("wb") as out:

@@ -10,9 +10,10 @@ import pytest
 
 from tests.chart.conftest import RenderChart
 from tests.chart.rendering import Values, merged
-from tests.chart.scenarios import REDIS
+from tests.chart.scenarios import KEYS_FILE, MANAGEMENT_TOKEN, MINIMAL, NO_AUTH, REDIS
 
 NO_REDIS = "no Redis configured"
+NO_GATEWAY_KEYS = "proxy.auth.mode=keys needs gateway keys"
 
 CASES: dict[str, tuple[Values, str]] = {
     "nothing configured": (
@@ -26,19 +27,19 @@ CASES: dict[str, tuple[Values, str]] = {
         "dispatcher read them)",
     ),
     "postgres sink without a database secret": (
-        merged(REDIS, {"collector": {"sink": "postgres"}}),
+        merged(MINIMAL, {"collector": {"sink": "postgres"}}),
         "collector.sink=postgres needs DATABASE_URL: set collector.postgres.existingSecret",
     ),
     "lunary without an API key": (
-        merged(REDIS, {"dispatcher": {"enabled": True, "sink": "lunary"}}),
+        merged(MINIMAL, {"dispatcher": {"enabled": True, "sink": "lunary"}}),
         "dispatcher.sink=lunary needs an API key: set dispatcher.existingSecret",
     ),
     "helicone without an API key": (
-        merged(REDIS, {"dispatcher": {"enabled": True, "sink": "helicone"}}),
+        merged(MINIMAL, {"dispatcher": {"enabled": True, "sink": "helicone"}}),
         "dispatcher.sink=helicone needs an API key: set dispatcher.existingSecret",
     ),
     "development Redis and an external one": (
-        merged(REDIS, {"redis": {"dev": {"enabled": True}}}),
+        merged(MINIMAL, {"redis": {"dev": {"enabled": True}}}),
         "redis.dev.enabled=true runs a Redis without a password",
     ),
     "development Redis with a password": (
@@ -50,54 +51,68 @@ CASES: dict[str, tuple[Values, str]] = {
         "redis.existingSecretUrlKey names a key in redis.existingSecret",
     ),
     "URL key and a host": (
-        merged(REDIS, {"redis": {"existingSecret": "r", "existingSecretUrlKey": "url"}}),
+        merged(MINIMAL, {"redis": {"existingSecret": "r", "existingSecretUrlKey": "url"}}),
         "redis.existingSecretUrlKey provides the whole Redis URL",
     ),
     "password Secret without a key": (
-        merged(REDIS, {"redis": {"existingSecret": "r", "existingSecretPasswordKey": ""}}),
+        merged(MINIMAL, {"redis": {"existingSecret": "r", "existingSecretPasswordKey": ""}}),
         "redis.existingSecret needs redis.existingSecretPasswordKey",
     ),
+    "gateway keys without a token or a keys file": (
+        REDIS,
+        f"{NO_GATEWAY_KEYS} to check requests against, or the proxy refuses to start: set "
+        "proxy.auth.managementToken.existingSecret",
+    ),
+    "gateway keys with only the name of a key in a Secret": (
+        merged(REDIS, {"proxy": {"auth": {"managementToken": {"key": "token"}}}}),
+        "proxy.auth.managementToken.key (token) holds the management API token",
+    ),
+    "a development management token without createSecrets": (
+        merged(MINIMAL, {"dev": {"secrets": {"managementToken": "t0ken"}}}),
+        "dev.secrets are only used with dev.createSecrets=true",
+    ),
     "dev secrets without createSecrets": (
-        merged(REDIS, {"dev": {"secrets": {"upstreamApiKey": "sk-live"}}}),
+        merged(MINIMAL, {"dev": {"secrets": {"upstreamApiKey": "sk-live"}}}),
         "dev.secrets are only used with dev.createSecrets=true",
     ),
     "grace period shorter than the shutdown": (
-        merged(REDIS, {"proxy": {"terminationGracePeriodSeconds": 30}}),
+        merged(MINIMAL, {"proxy": {"terminationGracePeriodSeconds": 30}}),
         "proxy.terminationGracePeriodSeconds (30) must exceed proxy.preStopSleepSeconds + "
         "proxy.shutdownGraceSeconds (35)",
     ),
     "autoscaling minimum above maximum": (
         merged(
-            REDIS, {"proxy": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 3}}}
+            MINIMAL,
+            {"proxy": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 3}}},
         ),
         "proxy.autoscaling.minReplicas (5) is above proxy.autoscaling.maxReplicas (3)",
     ),
     "autoscaling without a target": (
         merged(
-            REDIS,
+            MINIMAL,
             {"proxy": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}},
         ),
         "proxy.autoscaling.enabled=true needs a target",
     ),
     "disruption budget with both bounds": (
-        merged(REDIS, {"proxy": {"podDisruptionBudget": {"minAvailable": 1}}}),
+        merged(MINIMAL, {"proxy": {"podDisruptionBudget": {"minAvailable": 1}}}),
         "set only one of proxy.podDisruptionBudget.minAvailable and",
     ),
     "collector and dispatcher in one group": (
-        merged(REDIS, {"dispatcher": {"enabled": True, "group": "collector"}}),
+        merged(MINIMAL, {"dispatcher": {"enabled": True, "group": "collector"}}),
         'collector.group and dispatcher.group are both "collector"',
     ),
     "several writers of one file": (
-        merged(REDIS, {"dispatcher": {"enabled": True, "replicaCount": 2}}),
+        merged(MINIMAL, {"dispatcher": {"enabled": True, "replicaCount": 2}}),
         "dispatcher.sink=file appends to one file on one volume",
     ),
     "file outside the volume": (
-        merged(REDIS, {"dispatcher": {"enabled": True, "endpoint": "/var/log/events.jsonl"}}),
+        merged(MINIMAL, {"dispatcher": {"enabled": True, "endpoint": "/var/log/events.jsonl"}}),
         "dispatcher.endpoint (/var/log/events.jsonl) must be a file under "
         "dispatcher.persistence.mountPath (/data)",
     ),
     "backoff range upside down": (
-        merged(REDIS, {"dispatcher": {"enabled": True, "backoffMin": 10, "backoffMax": 5}}),
+        merged(MINIMAL, {"dispatcher": {"enabled": True, "backoffMin": 10, "backoffMax": 5}}),
         "dispatcher.backoffMax (5) must be at least dispatcher.backoffMin (10)",
     ),
 }
@@ -121,19 +136,26 @@ def test_every_problem_is_reported_at_once(render_chart: RenderChart) -> None:
     assert NO_REDIS in text
     assert "collector.sink=postgres needs DATABASE_URL" in text
     assert "dispatcher.sink=lunary needs an API key" in text
+    assert NO_GATEWAY_KEYS in text
 
 
 @pytest.mark.parametrize(
     "values",
     [
-        merged(REDIS, {"collector": {"sink": "postgres"},
+        merged(MINIMAL, {"collector": {"sink": "postgres"},
                        "dev": {"createSecrets": True, "secrets": {"databaseUrl": "postgresql://x"}}}),
-        merged(REDIS, {"collector": {"enabled": False}, "dispatcher": {"enabled": True,
+        merged(MINIMAL, {"collector": {"enabled": False}, "dispatcher": {"enabled": True,
                                                                         "group": "collector"}}),
-        merged(REDIS, {"dispatcher": {"enabled": True, "endpoint": "/data/usage/e.jsonl"}}),
-        {"redis": {"existingSecret": "r", "existingSecretUrlKey": "url"}},
+        merged(MINIMAL, {"dispatcher": {"enabled": True, "endpoint": "/data/usage/e.jsonl"}}),
+        merged({"redis": {"existingSecret": "r", "existingSecretUrlKey": "url"}},
+               MANAGEMENT_TOKEN),
+        merged(REDIS, KEYS_FILE),
+        merged(REDIS, NO_AUTH),
+        merged(REDIS, {"dev": {"createSecrets": True,
+                               "secrets": {"managementToken": "t0ken"}}}),
     ],
-    ids=["dev database secret", "collector off", "file under the volume", "url secret"],
+    ids=["dev database secret", "collector off", "file under the volume", "url secret",
+         "keys file only", "no authentication", "dev management token"],
 )  # fmt: skip
 def test_the_neighbours_of_impossible_combinations_render(
     render_chart: RenderChart, values: Values

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from tests.chart.conftest import RenderChart
+from tests.chart.kubelet import secret_references
 from tests.chart.rendering import merged
-from tests.chart.scenarios import REDIS, SCENARIOS
+from tests.chart.scenarios import MANAGEMENT_TOKEN, MINIMAL, SCENARIOS
 
 
 def _pods(render_chart: RenderChart, scenario: str) -> list[tuple[str, dict[str, Any]]]:
@@ -45,12 +46,12 @@ def test_every_container_has_a_writable_tmp(render_chart: RenderChart, scenario:
 
 
 def test_the_service_account(render_chart: RenderChart) -> None:
-    rendered = render_chart(merged(REDIS, {"serviceAccount": {"annotations": {"a/b": "c"}}}))
+    rendered = render_chart(merged(MINIMAL, {"serviceAccount": {"annotations": {"a/b": "c"}}}))
     (account,) = rendered.of_kind("ServiceAccount")
     assert account["metadata"]["name"] == "gw-llm-gateway"
     assert account["metadata"]["annotations"] == {"a/b": "c"}
     assert account["automountServiceAccountToken"] is False
-    existing = render_chart(merged(REDIS, {"serviceAccount": {"create": False,
+    existing = render_chart(merged(MINIMAL, {"serviceAccount": {"create": False,
                                                               "name": "platform"}}))  # fmt: skip
     assert existing.of_kind("ServiceAccount") == []
     assert existing.pod_spec("proxy")["serviceAccountName"] == "platform"
@@ -69,13 +70,17 @@ def test_development_secrets_are_referenced_and_announced(render_chart: RenderCh
     name = secret["metadata"]["name"]
     values = rendered.secret_data(name)
     assert values == {"upstream-api-key": "sk-ci-not-a-real-key",
-                      "dispatcher-api-key": "00000000-0000-4000-8000-000000000000"}  # fmt: skip
+                      "dispatcher-api-key": "00000000-0000-4000-8000-000000000000",
+                      "management-token": "ci-not-a-real-management-token"}  # fmt: skip
     proxy = rendered.container("proxy")
-    (key,) = [v for v in proxy["env"] if v["name"] == "UPSTREAM_OPENAI_API_KEY"]
-    assert key["valueFrom"]["secretKeyRef"] == {"name": name, "key": "upstream-api-key"}
+    assert secret_references(proxy) == {
+        "UPSTREAM_OPENAI_API_KEY": (name, "upstream-api-key"),
+        "MANAGEMENT_TOKEN": (name, "management-token"),
+    }
     for manifest in rendered:
         if manifest["kind"] != "Secret":
-            assert "sk-ci-not-a-real-key" not in str(manifest), manifest["kind"]
+            for value in values.values():
+                assert value not in str(manifest), manifest["kind"]
     assert "WARNING: dev.createSecrets=true" in rendered.notes
     assert "DEVELOPMENT ONLY" in rendered.notes
     annotations = rendered.deployment("proxy")["spec"]["template"]["metadata"]["annotations"]
@@ -83,10 +88,11 @@ def test_development_secrets_are_referenced_and_announced(render_chart: RenderCh
 
 
 def test_an_existing_secret_wins_over_a_development_value(render_chart: RenderChart) -> None:
-    values = merged(SCENARIOS["ci"], {"proxy": {"upstream": {"existingSecret": "openai"}}})
-    proxy = render_chart(values).container("proxy")
-    (key,) = [v for v in proxy["env"] if v["name"] == "UPSTREAM_OPENAI_API_KEY"]
-    assert key["valueFrom"]["secretKeyRef"] == {"name": "openai", "key": "api-key"}
+    values = merged(SCENARIOS["ci"], MANAGEMENT_TOKEN,
+                    {"proxy": {"upstream": {"existingSecret": "openai"}}})  # fmt: skip
+    references = secret_references(render_chart(values).container("proxy"))
+    assert references["UPSTREAM_OPENAI_API_KEY"] == ("openai", "api-key")
+    assert references["MANAGEMENT_TOKEN"] == ("gateway-manage", "management-token")
 
 
 def test_network_policies(render_chart: RenderChart) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from tests.chart.conftest import RenderChart
 from tests.chart.kubelet import http_probes, secret_references
 from tests.chart.rendering import Rendered, merged
-from tests.chart.scenarios import HPA, INGRESS, REDIS, SCENARIOS, UPSTREAM
+from tests.chart.scenarios import HPA, INGRESS, MINIMAL, SCENARIOS, UPSTREAM
 
 FULLNAME = "gw-llm-gateway"
 
@@ -44,7 +44,7 @@ def test_the_service_selects_the_proxy_pods_and_only_them(render_chart: RenderCh
 def test_the_container_listens_where_the_probes_and_the_service_look(
     render_chart: RenderChart,
 ) -> None:
-    rendered = render_chart(merged(REDIS, {"proxy": {"containerPort": 9000}}))
+    rendered = render_chart(merged(MINIMAL, {"proxy": {"containerPort": 9000}}))
     container = rendered.container("proxy")
     assert container["command"] == ["llm-gateway-proxy"]
     assert container["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
@@ -58,7 +58,7 @@ def test_the_container_listens_where_the_probes_and_the_service_look(
 
 
 def test_values_reach_the_proxy_variables(render_chart: RenderChart) -> None:
-    values = merged(REDIS, {"proxy": {
+    values = merged(MINIMAL, {"proxy": {
         "upstream": {"baseUrl": "http://vllm.ml:8000/v1", "clientTimeout": 900,
                      "connectTimeout": 2.5, "poolSize": 64},
         "maxRequestBodyBytes": 8388608, "corsAllowOrigins": ["https://a.example", "https://b"],
@@ -84,41 +84,45 @@ def test_values_reach_the_proxy_variables(render_chart: RenderChart) -> None:
         "METERING_CAPTURE_BYTES": "4096",
         "SHUTDOWN_GRACE_SECONDS": "120",
         "LOG_LEVEL": "debug",
+        "AUTH_MODE": "keys",
+        "KEY_CACHE_TTL": "2",
+        "REQUEST_REDIS_TIMEOUT": "0.1",
+        "RATE_LIMIT_FAIL_OPEN": "true",
     }
 
 
 def test_the_provider_key_comes_only_from_a_secret(render_chart: RenderChart) -> None:
-    without = render_chart(REDIS).container("proxy")
+    without = render_chart(MINIMAL).container("proxy")
     assert "UPSTREAM_OPENAI_API_KEY" not in {v["name"] for v in without["env"]}
-    with_key = render_chart(merged(REDIS, UPSTREAM)).container("proxy")
+    with_key = render_chart(merged(MINIMAL, UPSTREAM)).container("proxy")
     assert secret_references(with_key)["UPSTREAM_OPENAI_API_KEY"] == ("openai", "api-key")
 
 
 def test_pods_outlive_their_shutdown_grace(render_chart: RenderChart) -> None:
-    spec = render_chart(REDIS).pod_spec("proxy")
+    spec = render_chart(MINIMAL).pod_spec("proxy")
     container = spec["containers"][0]
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
     # preStop 5 + SHUTDOWN_GRACE_SECONDS 30 + event flush max(3 x 2, 5) = 6 + margin 5
     assert spec["terminationGracePeriodSeconds"] == 46
-    longer = render_chart(merged(REDIS, {"proxy": {"shutdownGraceSeconds": 600}}))
+    longer = render_chart(merged(MINIMAL, {"proxy": {"shutdownGraceSeconds": 600}}))
     assert longer.pod_spec("proxy")["terminationGracePeriodSeconds"] == 616
-    fixed = render_chart(merged(REDIS, {"proxy": {"terminationGracePeriodSeconds": 90}}))
+    fixed = render_chart(merged(MINIMAL, {"proxy": {"terminationGracePeriodSeconds": 90}}))
     assert fixed.pod_spec("proxy")["terminationGracePeriodSeconds"] == 90
 
 
 def test_without_a_pre_stop_sleep_there_is_no_hook(render_chart: RenderChart) -> None:
-    rendered = render_chart(merged(REDIS, {"proxy": {"preStopSleepSeconds": 0}}))
+    rendered = render_chart(merged(MINIMAL, {"proxy": {"preStopSleepSeconds": 0}}))
     assert "lifecycle" not in rendered.container("proxy")
 
 
 def test_rolling_updates_never_drop_below_the_replica_count(render_chart: RenderChart) -> None:
-    deployment = render_chart(REDIS).deployment("proxy")
+    deployment = render_chart(MINIMAL).deployment("proxy")
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
 def test_autoscaling_owns_the_replica_count(render_chart: RenderChart) -> None:
-    rendered = render_chart(merged(REDIS, HPA))
+    rendered = render_chart(merged(MINIMAL, HPA))
     deployment = rendered.deployment("proxy")
     assert "replicas" not in deployment["spec"]
     hpa = rendered.one("HorizontalPodAutoscaler", "proxy")
@@ -131,28 +135,28 @@ def test_autoscaling_owns_the_replica_count(render_chart: RenderChart) -> None:
         "cpu": {"type": "Utilization", "averageUtilization": 70},
         "memory": {"type": "Utilization", "averageUtilization": 80},
     }
-    assert render_chart(REDIS).find("HorizontalPodAutoscaler", "proxy") == []
+    assert render_chart(MINIMAL).find("HorizontalPodAutoscaler", "proxy") == []
 
 
 def test_the_disruption_budget_covers_the_proxy_pods(render_chart: RenderChart) -> None:
-    rendered = render_chart(REDIS)
+    rendered = render_chart(MINIMAL)
     pdb = rendered.one("PodDisruptionBudget", "proxy")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert (
         pdb["spec"]["selector"]["matchLabels"]
         == rendered.deployment("proxy")["spec"]["selector"]["matchLabels"]
     )
-    percent = render_chart(merged(REDIS, {"proxy": {"podDisruptionBudget": {
+    percent = render_chart(merged(MINIMAL, {"proxy": {"podDisruptionBudget": {
         "minAvailable": "50%", "maxUnavailable": None}}}))  # fmt: skip
     assert percent.one("PodDisruptionBudget", "proxy")["spec"] == {
         "minAvailable": "50%", "selector": pdb["spec"]["selector"],
     }  # fmt: skip
-    off = render_chart(merged(REDIS, {"proxy": {"podDisruptionBudget": {"enabled": False}}}))
+    off = render_chart(merged(MINIMAL, {"proxy": {"podDisruptionBudget": {"enabled": False}}}))
     assert off.find("PodDisruptionBudget", "proxy") == []
 
 
 def test_replicas_spread_over_nodes(render_chart: RenderChart) -> None:
-    rendered = render_chart(REDIS)
+    rendered = render_chart(MINIMAL)
     (constraint,) = rendered.pod_spec("proxy")["topologySpreadConstraints"]
     assert constraint["topologyKey"] == "kubernetes.io/hostname"
     assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
@@ -163,7 +167,7 @@ def test_replicas_spread_over_nodes(render_chart: RenderChart) -> None:
 def test_the_ingress_routes_to_the_service_without_buffering_streams(
     render_chart: RenderChart,
 ) -> None:
-    rendered = render_chart(merged(REDIS, INGRESS))
+    rendered = render_chart(merged(MINIMAL, INGRESS))
     ingress = rendered.get("Ingress", FULLNAME)
     annotations = ingress["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
@@ -174,19 +178,19 @@ def test_the_ingress_routes_to_the_service_without_buffering_streams(
     assert rule["host"] == "llm.example.com"
     backend: dict[str, Any] = rule["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": FULLNAME, "port": {"name": "http"}}
-    assert render_chart(REDIS).of_kind("Ingress") == []
+    assert render_chart(MINIMAL).of_kind("Ingress") == []
 
 
 def test_an_ingress_without_hosts_routes_every_host(render_chart: RenderChart) -> None:
-    rendered = render_chart(merged(REDIS, {"ingress": {"enabled": True}}))
+    rendered = render_chart(merged(MINIMAL, {"ingress": {"enabled": True}}))
     (rule,) = rendered.get("Ingress", FULLNAME)["spec"]["rules"]
     assert "host" not in rule
 
 
 def test_images_follow_registry_tag_and_digest(render_chart: RenderChart) -> None:
-    assert render_chart(REDIS).container("proxy")["image"] == "ghcr.io/llm-gateway/proxy:0.1.0"
+    assert render_chart(MINIMAL).container("proxy")["image"] == "ghcr.io/llm-gateway/proxy:0.1.0"
     digest = "sha256:" + "ab" * 32
-    values = merged(REDIS, {"image": {"registry": "registry.corp", "tag": "1.2.3"},
+    values = merged(MINIMAL, {"image": {"registry": "registry.corp", "tag": "1.2.3"},
                             "proxy": {"image": {"digest": digest}},
                             "collector": {"image": {"tag": "1.2.4"}}})  # fmt: skip
     rendered = render_chart(values)
@@ -202,7 +206,7 @@ def test_a_config_change_rolls_the_pods(render_chart: RenderChart) -> None:
         value: str = annotations["checksum/config"]
         return value
 
-    base = checksum(REDIS)
-    assert checksum(merged(REDIS, {"proxy": {"logLevel": "debug"}})) != base
-    assert checksum(merged(REDIS, {"collector": {"logLevel": "debug"}})) == base
-    assert checksum(REDIS) == base
+    base = checksum(MINIMAL)
+    assert checksum(merged(MINIMAL, {"proxy": {"logLevel": "debug"}})) != base
+    assert checksum(merged(MINIMAL, {"collector": {"logLevel": "debug"}})) == base
+    assert checksum(MINIMAL) == base

@@ -11,7 +11,7 @@ import pytest
 from tests.chart.conftest import RenderChart
 from tests.chart.kubelet import container_env, secret_references
 from tests.chart.rendering import Rendered, Values, merged
-from tests.chart.scenarios import FILE_DISPATCHER, REDIS, SCENARIOS
+from tests.chart.scenarios import FILE_DISPATCHER, MANAGEMENT_TOKEN, MINIMAL, SCENARIOS
 
 
 def _redis_env(rendered: Rendered, component: str) -> list[dict[str, object]]:
@@ -19,11 +19,11 @@ def _redis_env(rendered: Rendered, component: str) -> list[dict[str, object]]:
 
 
 def _everyone(values: Mapping[str, Any]) -> Values:
-    return merged(values, FILE_DISPATCHER)
+    return merged(values, MANAGEMENT_TOKEN, FILE_DISPATCHER)
 
 
 def test_an_external_redis_by_address(render_chart: RenderChart) -> None:
-    rendered = render_chart(_everyone(REDIS))
+    rendered = render_chart(_everyone(MINIMAL))
     for component in ("proxy", "collector", "dispatcher"):
         assert _redis_env(rendered, component) == [
             {"name": "REDIS_URL", "value": "redis://redis-master.redis.svc:6379/0"}
@@ -33,7 +33,7 @@ def test_an_external_redis_by_address(render_chart: RenderChart) -> None:
 def test_address_parts(render_chart: RenderChart) -> None:
     values = {"redis": {"host": "cache.example", "port": 6380, "database": 3, "tls": True,
                         "username": "gateway"}}  # fmt: skip
-    (variable,) = _redis_env(render_chart(values), "proxy")
+    (variable,) = _redis_env(render_chart(merged(values, MANAGEMENT_TOKEN)), "proxy")
     assert variable == {"name": "REDIS_URL", "value": "rediss://gateway@cache.example:6380/3"}
 
 
@@ -54,8 +54,9 @@ def test_a_password_from_a_secret_is_interpolated_by_kubernetes(
         # $(REDIS_PASSWORD) only expands when REDIS_PASSWORD is defined earlier in the list
         assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")
         assert secret_references(container)["REDIS_PASSWORD"] == ("redis", "redis-password")
-        env = container_env(rendered, container, pod_name="p",
-                            secrets={("redis", "redis-password"): "s3cret"})  # fmt: skip
+        secrets = {("redis", "redis-password"): "s3cret",
+                   ("gateway-manage", "management-token"): "t0ken"}  # fmt: skip
+        env = container_env(rendered, container, pod_name="p", secrets=secrets)
         assert env["REDIS_URL"] == expected
         assert "s3cret" not in str(container)
 
@@ -88,13 +89,13 @@ def test_the_development_redis(render_chart: RenderChart) -> None:
 
 
 def test_no_redis_objects_for_an_external_redis(render_chart: RenderChart) -> None:
-    rendered = render_chart(REDIS)
+    rendered = render_chart(MINIMAL)
     assert rendered.find("Deployment", "redis") == []
     assert rendered.find("Service", "redis") == []
 
 
 def test_every_component_uses_the_same_stream(render_chart: RenderChart) -> None:
-    rendered = render_chart(_everyone(merged(REDIS, {"events": {"stream": "usage:v1"}})))
+    rendered = render_chart(_everyone(merged(MINIMAL, {"events": {"stream": "usage:v1"}})))
     streams = {rendered.get("ConfigMap", f"gw-llm-gateway-{c}")["data"]["EVENTS_STREAM"]
                for c in ("proxy", "collector", "dispatcher")}  # fmt: skip
     assert streams == {"usage:v1"}

@@ -13,7 +13,7 @@ import pytest
 
 from tests.chart.conftest import RenderChart
 from tests.chart.rendering import CHART_DIR, Values, chart_values_file, merged
-from tests.chart.scenarios import REDIS, SCENARIOS
+from tests.chart.scenarios import MINIMAL, SCENARIOS
 
 SCHEMA: dict[str, Any] = json.loads((CHART_DIR / "values.schema.json").read_text())
 
@@ -46,11 +46,17 @@ def test_scenarios_meet_the_schema(chart: helm.Chart, name: str) -> None:
         ({"redis": {"dev": {"image": {"name": "r"}}}}, "additional properties 'name'"),
         ({"collector": {"postgres": {"url": "postgresql://x"}}}, "additional properties 'url'"),
         ({"podSecurityContext": {"runAsRoot": True}}, "additional properties 'runAsRoot'"),
+        # secrets only by reference: there is no value to paste a token into
+        (
+            {"proxy": {"auth": {"managementToken": {"value": "t0ken"}}}},
+            "additional properties 'value'",
+        ),
+        ({"proxy": {"auth": {"keys": [{"key_hash": "ab"}]}}}, "additional properties 'keys'"),
     ],
 )
 def test_unknown_keys_are_rejected(chart: helm.Chart, values: Values, complaint: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=re.escape(complaint)):
-        chart.validate_schema(merged(REDIS, values))
+        chart.validate_schema(merged(MINIMAL, values))
 
 
 @pytest.mark.parametrize(
@@ -62,6 +68,16 @@ def test_unknown_keys_are_rejected(chart: helm.Chart, values: Values, complaint:
         ({"proxy": {"corsAllowOrigins": "https://a,https://b"}}, "/proxy/corsAllowOrigins"),
         ({"proxy": {"logLevel": "verbose"}}, "/proxy/logLevel"),
         ({"proxy": {"redisTimeout": 0}}, "/proxy/redisTimeout"),
+        ({"proxy": {"auth": {"mode": "token"}}}, "/proxy/auth/mode"),
+        ({"proxy": {"auth": {"mode": True}}}, "/proxy/auth/mode"),
+        ({"proxy": {"auth": {"rateLimitFailOpen": "yes"}}}, "/proxy/auth/rateLimitFailOpen"),
+        ({"proxy": {"auth": {"requestRedisTimeout": 0}}}, "/proxy/auth/requestRedisTimeout"),
+        ({"proxy": {"auth": {"keyCacheTtl": -1}}}, "/proxy/auth/keyCacheTtl"),
+        ({"proxy": {"auth": {"keysFile": {"key": ""}}}}, "/proxy/auth/keysFile/key"),
+        (
+            {"proxy": {"auth": {"managementToken": {"existingSecret": "Ops_Token"}}}},
+            "/proxy/auth/managementToken/existingSecret",
+        ),
         ({"redis": {"port": 70000}}, "/redis/port"),
         ({"redis": {"tls": "yes"}}, "/redis/tls"),
         ({"collector": {"sink": "kafka"}}, "/collector/sink"),
@@ -76,12 +92,12 @@ def test_unknown_keys_are_rejected(chart: helm.Chart, values: Values, complaint:
 )
 def test_mistyped_values_are_rejected(chart: helm.Chart, values: Values, where: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=re.escape(f"at '{where}")):
-        chart.validate_schema(merged(REDIS, values))
+        chart.validate_schema(merged(MINIMAL, values))
 
 
 def test_a_render_refuses_what_the_schema_rejects(render_chart: RenderChart) -> None:
     with pytest.raises(helm.HelmValuesError, match="additional properties 'replicas'"):
-        render_chart(merged(REDIS, {"proxy": {"replicas": 2}}))
+        render_chart(merged(MINIMAL, {"proxy": {"replicas": 2}}))
 
 
 def _objects(node: Any, pointer: str = "") -> Iterator[tuple[str, dict[str, Any]]]:

@@ -133,7 +133,7 @@ key: {{ index . 4 | quote }}
 {{- end }}
 {{- end }}
 
-{{/* The three secret references, by what they hold. */}}
+{{/* The secret references, by what they hold. */}}
 {{- define "llm-gateway.upstreamApiKeyRef" -}}
 {{- include "llm-gateway.secretKeyRef" (list . .Values.proxy.upstream.existingSecret .Values.proxy.upstream.existingSecretKey .Values.dev.secrets.upstreamApiKey "upstream-api-key") }}
 {{- end }}
@@ -144,6 +144,22 @@ key: {{ index . 4 | quote }}
 
 {{- define "llm-gateway.dispatcherApiKeyRef" -}}
 {{- include "llm-gateway.secretKeyRef" (list . .Values.dispatcher.existingSecret .Values.dispatcher.existingSecretKey .Values.dev.secrets.dispatcherApiKey "dispatcher-api-key") }}
+{{- end }}
+
+{{- define "llm-gateway.managementTokenRef" -}}
+{{- include "llm-gateway.secretKeyRef" (list . .Values.proxy.auth.managementToken.existingSecret .Values.proxy.auth.managementToken.key .Values.dev.secrets.managementToken "management-token") }}
+{{- end }}
+
+{{/*
+Where the proxy reads the keys file (KEYS_FILE): the one key of proxy.auth.keysFile.existingSecret,
+mounted read-only as a file of this directory.
+*/}}
+{{- define "llm-gateway.keysFileDir" -}}
+/etc/llm-gateway/keys
+{{- end }}
+
+{{- define "llm-gateway.keysFilePath" -}}
+{{- printf "%s/keys.json" (include "llm-gateway.keysFileDir" .) }}
 {{- end }}
 
 {{/* True (non-empty) when some Redis is configured. */}}

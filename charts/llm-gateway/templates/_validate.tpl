@@ -8,6 +8,7 @@ message naming the values to change.
 {{- $messages = append $messages (include "llm-gateway.validate.redis" . | trim) }}
 {{- $messages = append $messages (include "llm-gateway.validate.devSecrets" . | trim) }}
 {{- $messages = append $messages (include "llm-gateway.validate.proxy" . | trim) }}
+{{- $messages = append $messages (include "llm-gateway.validate.auth" . | trim) }}
 {{- $messages = append $messages (include "llm-gateway.validate.collector" . | trim) }}
 {{- $messages = append $messages (include "llm-gateway.validate.dispatcher" . | trim) }}
 {{- $messages = without $messages "" }}
@@ -37,8 +38,9 @@ llm-gateway: redis.existingSecret needs redis.existingSecretPasswordKey (the key
 {{- end }}
 
 {{- define "llm-gateway.validate.devSecrets" -}}
-{{- if and (not .Values.dev.createSecrets) (or .Values.dev.secrets.upstreamApiKey .Values.dev.secrets.databaseUrl .Values.dev.secrets.dispatcherApiKey) }}
-llm-gateway: dev.secrets are only used with dev.createSecrets=true (development only); in production reference existing Secrets (proxy.upstream.existingSecret, collector.postgres.existingSecret, dispatcher.existingSecret) and leave dev.secrets empty.
+{{- $secrets := .Values.dev.secrets }}
+{{- if and (not .Values.dev.createSecrets) (or $secrets.upstreamApiKey $secrets.databaseUrl $secrets.dispatcherApiKey $secrets.managementToken) }}
+llm-gateway: dev.secrets are only used with dev.createSecrets=true (development only); in production reference existing Secrets (proxy.upstream.existingSecret, proxy.auth.managementToken.existingSecret, collector.postgres.existingSecret, dispatcher.existingSecret) and leave dev.secrets empty.
 {{- end }}
 {{- end }}
 
@@ -59,6 +61,13 @@ llm-gateway: proxy.autoscaling.enabled=true needs a target: set proxy.autoscalin
 llm-gateway: set only one of proxy.podDisruptionBudget.minAvailable and proxy.podDisruptionBudget.maxUnavailable (the other to null).
 {{- else if and $pdb.enabled (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) }}
 llm-gateway: proxy.podDisruptionBudget.enabled=true needs minAvailable or maxUnavailable.
+{{- end }}
+{{- end }}
+
+{{- define "llm-gateway.validate.auth" -}}
+{{- $auth := .Values.proxy.auth }}
+{{- if and (eq $auth.mode "keys") (not $auth.keysFile.existingSecret) (not (include "llm-gateway.managementTokenRef" .)) }}
+llm-gateway: proxy.auth.mode=keys needs gateway keys to check requests against, or the proxy refuses to start: set proxy.auth.managementToken.existingSecret (a Secret whose key proxy.auth.managementToken.key ({{ $auth.managementToken.key }}) holds the management API token, to create keys) and/or proxy.auth.keysFile.existingSecret (a Secret whose key proxy.auth.keysFile.key ({{ $auth.keysFile.key }}) holds a JSON list of hashed keys); or proxy.auth.mode=none to run without authentication (local demos only).
 {{- end }}
 {{- end }}
 

@@ -43,6 +43,8 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        # The key file first: a malformed one stops start-up before anything is opened.
+        static_keys = load_static_keys(settings.keys_file) if settings.keys_file else {}
         upstream = Upstream(settings)
         await upstream.start()
         redis = connect_redis(settings.redis_url, timeout=settings.redis_timeout)
@@ -55,7 +57,6 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
             flush_interval=settings.event_flush_interval,
             timeout=settings.redis_timeout,
         )
-        static_keys = load_static_keys(settings.keys_file) if settings.keys_file else {}
         access = Access(
             KeyStore(redis, cache_ttl=settings.key_cache_ttl,
                      timeout=settings.request_redis_timeout, static=static_keys),

@@ -43,7 +43,7 @@ PROG = "llm-gateway-proxy"
 
 
 def main(argv: list[str]) -> int:
-    """Run `keys <command> ...` (argv as after the program name, starting with `keys`)."""
+    """Run one key command; `argv` is what follows `llm-gateway-proxy keys`."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or bad arguments (2): argparse printed why
@@ -106,10 +106,9 @@ def _create_spec(args: argparse.Namespace) -> CreateKey:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Manage gateway keys in Redis.")
-    groups = parser.add_subparsers(dest="group", required=True)
-    keys = groups.add_parser("keys", help="create, list, get, revoke, rotate or hash keys")
-    commands = keys.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog=f"{PROG} keys", description="Manage gateway keys "
+                                     "in Redis (REDIS_URL).")  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True)
 
     create = commands.add_parser("create", help="create a key (printed once)")
     create.add_argument("--name", required=True)

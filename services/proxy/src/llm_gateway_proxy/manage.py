@@ -44,6 +44,7 @@ from llm_gateway_proxy.manage_models import (
     CreateKey,
     KeyUsage,
     LimitsSpec,
+    Tenant,
     TenantUsage,
     UpdateKey,
     UsageTotals,
@@ -235,6 +236,8 @@ async def create(request: Request) -> Response:
 
 async def list_(request: Request) -> Response:
     tenant = request.query_params.get("tenant")
+    if tenant is not None:
+        tenant = _valid_tenant(tenant)
     records = await list_keys(_gateway(request).keys, tenant)
     return _json({"object": "list", "data": [record.public() for record in records]})
 
@@ -270,7 +273,8 @@ async def usage_of_key(request: Request) -> Response:
 
 async def usage_of_tenant(request: Request) -> Response:
     gateway = _gateway(request)
-    return _json(await tenant_usage(gateway.keys, gateway.limiter, request.path_params["tenant"]))
+    tenant = _valid_tenant(request.path_params["tenant"])
+    return _json(await tenant_usage(gateway.keys, gateway.limiter, tenant))
 
 
 async def openapi(request: Request) -> Response:
@@ -280,6 +284,13 @@ async def openapi(request: Request) -> Response:
 def _gateway(request: Request) -> Managed:
     gateway: Managed = request.state.gateway
     return gateway
+
+
+def _valid_tenant(value: str) -> str:
+    try:
+        return msgspec.convert(value, Tenant)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"Invalid value for 'tenant': {exc}.", param="tenant") from exc
 
 
 async def _read_body(request: Request) -> bytes:

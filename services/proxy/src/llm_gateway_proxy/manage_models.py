@@ -20,8 +20,9 @@ MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 # Tenants travel into headers (Helicone), tags (Lunary) and URLs: a plain identifier, with `/`
-# for sub-tenants (`team-a/search`).
-TENANT_PATTERN = r"^[A-Za-z0-9._:@-]+(/[A-Za-z0-9._:@-]+)*$"
+# for sub-tenants (`team-a/search`). `(?!.*\n)`: Python's `$` also matches before a final
+# newline, and `team-a\n` must not pass.
+TENANT_PATTERN = r"^(?!.*\n)[A-Za-z0-9._:@-]+(/[A-Za-z0-9._:@-]+)*$"
 Tenant = Annotated[str, Meta(min_length=1, max_length=128, pattern=TENANT_PATTERN)]
 ModelPattern = Annotated[str, Meta(min_length=1, max_length=200)]
 Models = Annotated[tuple[ModelPattern, ...], Meta(min_length=1, max_length=100)]
@@ -168,19 +169,29 @@ _OPERATIONS = (
 )  # fmt: skip
 _PARAMETERS: dict[str, dict[str, Any]] = {
     "tenant_filter": {"name": "tenant", "in": "query", "required": False,
-                      "schema": {"type": "string", "maxLength": 128}},
+                      "schema": msgspec.json.schema(Tenant)},
     "key_id": {"name": "key_id", "in": "path", "required": True,
-               "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
+               "schema": {"type": "string", "minLength": 1}},
     "tenant": {"name": "tenant", "in": "path", "required": True,
-               "schema": {"type": "string", "minLength": 1, "maxLength": 128}},
+               "schema": msgspec.json.schema(Tenant)},
 }  # fmt: skip
 _ERRORS = {
-    "400": "Invalid request body (`param` names the offending field)",
+    "400": "Invalid body or parameter (`param` names it)",
     "401": "Missing or wrong management token",
     "404": "Unknown key or tenant (or the management API is disabled)",
     "413": "Request body too large",
     "503": "Redis did not answer in time",
 }
+
+
+# What a client can do next with the key a create or rotate returned (OpenAPI links; they also
+# let a stateful test chain calls on real ids).
+_KEY_LINKS = {
+    **{operation: {"operationId": operation, "parameters": {"key_id": "$response.body#/id"}}
+       for operation in ("getKey", "updateKey", "revokeKey", "rotateKey", "keyUsage")},
+    "tenantUsage": {"operationId": "tenantUsage",
+                    "parameters": {"tenant": "$response.body#/tenant"}},
+}  # fmt: skip
 
 
 def openapi_document(server_url: str) -> dict[str, Any]:
@@ -218,6 +229,8 @@ def _operation(op: _Op) -> dict[str, Any]:
         "summary": op.summary,
         "responses": {op.status: answer, **errors},
     }
+    if op.answer == "CreatedKey":
+        answer["links"] = _KEY_LINKS
     if op.parameter is not None:
         operation["parameters"] = [_PARAMETERS[op.parameter]]
     if op.body is not None:
