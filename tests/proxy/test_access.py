@@ -220,3 +220,26 @@ async def test_events_of_authenticated_requests_carry_the_key_id_only(
     event = await event_for(redis, headers["X-LLM-Request-ID"])
     assert event.key_id == saved.id
     assert all(key not in repr(e) for e in await all_events(redis))
+
+
+async def test_key_store_writes_are_compare_and_set(redis_url: str) -> None:
+    """A revoke racing a rotate must not bring the old key back; a stale update is refused."""
+    from llm_gateway_proxy.keystore import KeyStoreConflict  # noqa: PLC0415
+
+    client = aioredis.Redis.from_url(redis_url)
+    store = KeyStore(client, cache_ttl=0, timeout=2)
+    old_key = new_key()
+    original = record(old_key)
+    await store.save(original)
+    rotated = msgspec.structs.replace(original, key_hash=hash_key(new_key()))
+    await store.replace_hash(original, rotated)
+    with pytest.raises(KeyStoreConflict):  # a revoke that read the record before the rotate
+        await store.save(msgspec.structs.replace(original, active=False), previous=original)
+    assert await store.lookup(original.key_hash) is None, "the rotated-away key came back"
+    current = await store.get(original.id)
+    assert current == rotated
+    await store.save(msgspec.structs.replace(rotated, name="renamed"), previous=rotated)
+    with pytest.raises(KeyStoreConflict):  # a second writer still holding the old version
+        await store.save(msgspec.structs.replace(rotated, name="other"), previous=rotated)
+    assert (await store.get(original.id)).name == "renamed"  # type: ignore[union-attr]
+    await client.aclose()

@@ -34,6 +34,28 @@ class KeyStoreUnavailable(Exception):
     """Redis could not be asked about a key the cache does not know."""
 
 
+class KeyStoreConflict(Exception):
+    """The record changed since it was read (a concurrent rotate, revoke or update)."""
+
+
+# Compare-and-set writes, so concurrent management calls cannot resurrect a rotated key or
+# lose an update: KEYS = hash:<new>, id:<id>, ids, hash:<old>; ARGV = record, new hash, id,
+# expected current record JSON ('' = no check), old hash ('' = not a rotation).
+_SAVE = """
+local current = redis.call('GET', KEYS[2])
+local expected_hash = ARGV[5] ~= '' and ARGV[5] or ARGV[2]
+if current and current ~= expected_hash then return 0 end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[4] ~= '' and KEYS[4] or KEYS[1]) ~= ARGV[4] then
+  return 0
+end
+if ARGV[5] ~= '' then redis.call('DEL', KEYS[4]) end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
+"""
+
+
 class KeyStore:
     def __init__(self, redis: aioredis.Redis, *, cache_ttl: float, timeout: float,
                  static: dict[str, KeyRecord] | None = None) -> None:  # fmt: skip
@@ -42,6 +64,7 @@ class KeyStore:
         self._timeout = timeout
         self._static = static or {}
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        self._save_script = redis.register_script(_SAVE)
 
     @property
     def has_static_keys(self) -> bool:
@@ -72,13 +95,9 @@ class KeyStore:
 
     # --- management (not on the request path) ------------------------------------------------
 
-    async def save(self, record: KeyRecord) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.set(PREFIX + "hash:" + record.key_hash, _encode(record))
-        pipe.set(PREFIX + "id:" + record.id, record.key_hash)
-        pipe.sadd(PREFIX + "ids", record.id)
-        await asyncio.wait_for(pipe.execute(), self._timeout)
-        self._cache.pop(record.key_hash, None)
+    async def save(self, record: KeyRecord, *, previous: KeyRecord | None = None) -> None:
+        """Create a record, or replace `previous` with it (KeyStoreConflict if it changed)."""
+        await self._write(record, previous=previous, old_hash=None)
 
     async def get(self, key_id: str) -> KeyRecord | None:
         key_hash = await asyncio.wait_for(self._redis.get(PREFIX + "id:" + key_id), self._timeout)
@@ -96,12 +115,22 @@ class KeyStore:
 
     async def replace_hash(self, old: KeyRecord, new: KeyRecord) -> None:
         """Rotation: the same id and settings under a new key; the old key stops working."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(PREFIX + "hash:" + old.key_hash)
-        pipe.set(PREFIX + "hash:" + new.key_hash, _encode(new))
-        pipe.set(PREFIX + "id:" + new.id, new.key_hash)
-        await asyncio.wait_for(pipe.execute(), self._timeout)
+        await self._write(new, previous=old, old_hash=old.key_hash)
         self._cache.pop(old.key_hash, None)
+
+    async def _write(
+        self, record: KeyRecord, *, previous: KeyRecord | None, old_hash: str | None
+    ) -> None:
+        keys = [PREFIX + "hash:" + record.key_hash, PREFIX + "id:" + record.id, PREFIX + "ids",
+                PREFIX + "hash:" + old_hash if old_hash else ""]  # fmt: skip
+        args: list[bytes | str] = [
+            _encode(record), record.key_hash, record.id,
+            _encode(previous) if previous is not None else b"", old_hash or "",
+        ]  # fmt: skip
+        written = await asyncio.wait_for(self._save_script(keys=keys, args=args), self._timeout)
+        if not written:
+            raise KeyStoreConflict(record.id)
+        self._cache.pop(record.key_hash, None)
 
 
 def _text(value: bytes | str) -> str:

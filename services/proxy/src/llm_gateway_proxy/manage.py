@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import re
 import time
+from collections.abc import Awaitable
 from functools import cache
 from typing import Protocol, TypeVar
 
@@ -39,7 +40,7 @@ from llm_gateway_proxy.errors import (
 )
 from llm_gateway_proxy.exchange import REQUEST_ID_HEADER, new_request_id
 from llm_gateway_proxy.keys import KeyRecord, Limits, display_form, hash_key, new_key, new_key_id
-from llm_gateway_proxy.keystore import KeyStore
+from llm_gateway_proxy.keystore import KeyStore, KeyStoreConflict
 from llm_gateway_proxy.manage_models import (
     CreateKey,
     KeyUsage,
@@ -68,6 +69,12 @@ class KeyNotFound(NotFound):
 
 class TenantNotFound(NotFound):
     code = "tenant_not_found"
+
+
+class KeyChanged(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class StoreUnavailable(GatewayError):
@@ -116,14 +123,14 @@ async def update_key(store: KeyStore, key_id: str, patch: UpdateKey) -> KeyRecor
     if isinstance(patch.limits, LimitsSpec):
         changes["limits"] = patch.limits.applied_to(record.limits)
     updated = msgspec.structs.replace(record, **changes)
-    await store.save(updated)
+    await _saved(store.save(updated, previous=record))
     return updated
 
 
 async def revoke_key(store: KeyStore, key_id: str) -> KeyRecord:
     record = await get_key(store, key_id)
     revoked = msgspec.structs.replace(record, active=False)
-    await store.save(revoked)
+    await _saved(store.save(revoked, previous=record))
     return revoked
 
 
@@ -132,8 +139,18 @@ async def rotate_key(store: KeyStore, key_id: str) -> tuple[KeyRecord, str]:
     record = await get_key(store, key_id)
     key = new_key()
     rotated = msgspec.structs.replace(record, key_hash=hash_key(key), display=display_form(key))
-    await store.replace_hash(record, rotated)
+    await _saved(store.replace_hash(record, rotated))
     return rotated, key
+
+
+async def _saved(write: Awaitable[None]) -> None:
+    try:
+        await write
+    except KeyStoreConflict as exc:
+        raise KeyChanged(
+            "The key changed while this request was handled (a concurrent update, revoke or "
+            "rotate); read it again and retry."
+        ) from exc
 
 
 async def key_usage(limiter: RateLimiter, record: KeyRecord) -> KeyUsage:
