@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -109,9 +111,17 @@ class KeyStore:
         return _decode(raw) if raw else None
 
     async def list(self) -> list[KeyRecord]:
-        ids = await asyncio.wait_for(self._redis.smembers(PREFIX + "ids"), self._timeout)
-        records = [await self.get(_text(key_id)) for key_id in sorted(ids)]
-        return [record for record in records if record is not None]
+        """Every stored key record, in id order (three round trips whatever the count)."""
+        ids = sorted(_text(i) for i in await self._call(self._redis.smembers(PREFIX + "ids")))
+        if not ids:
+            return []
+        hashes = await self._call(self._redis.mget([PREFIX + "id:" + i for i in ids]))
+        present = [_text(h) for h in hashes if h]
+        raws = await self._call(self._redis.mget([PREFIX + "hash:" + h for h in present]))
+        return [_decode(raw) for raw in raws if raw]
+
+    async def _call(self, command: Awaitable[Any]) -> Any:
+        return await asyncio.wait_for(command, self._timeout)
 
     async def replace_hash(self, old: KeyRecord, new: KeyRecord) -> None:
         """Rotation: the same id and settings under a new key; the old key stops working."""
