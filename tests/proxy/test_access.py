@@ -243,3 +243,32 @@ async def test_key_store_writes_are_compare_and_set(redis_url: str) -> None:
         await store.save(msgspec.structs.replace(rotated, name="other"), previous=rotated)
     assert (await store.get(original.id)).name == "renamed"  # type: ignore[union-attr]
     await client.aclose()
+
+
+async def test_tenant_limits_hold_over_all_of_the_tenants_keys(
+    proxy_factory: ProxyFactory, upstream: FakeOpenAI, http: aiohttp.ClientSession,
+) -> None:  # fmt: skip
+    if time.time() % 60 > 50:  # one fixed window for the whole burst
+        await asyncio.sleep(61 - time.time() % 60)
+    token = "mgmt-token-for-tenant-limits"
+    proxy = proxy_factory(AUTH_MODE="keys", MANAGEMENT_TOKEN=token)
+    auth = {"Authorization": f"Bearer {token}"}
+    tenant = f"tenant-{new_key_id()}"
+    async with http.put(f"{proxy.base_url}/manage/tenants/{tenant}/limits", headers=auth,
+                        json={"requests_per_minute": 6}) as response:  # fmt: skip
+        assert response.status == 200
+        assert (await response.json())["limits"]["requests_per_minute"] == 6
+    keys = []
+    for name in ("a", "b"):
+        async with http.post(f"{proxy.base_url}/manage/keys", headers=auth,
+                             json={"name": name, "tenant": tenant}) as response:  # fmt: skip
+            assert response.status == 201
+            keys.append((await response.json())["key"])
+    statuses = [(await chat(http, proxy.base_url, keys[i % 2]))[0] for i in range(10)]
+    assert statuses.count(200) == 6
+    assert statuses.count(429) == 4
+    _, body, _ = await chat(http, proxy.base_url, keys[0])
+    assert f"tenant '{tenant}'" in body["error"]["message"]  # type: ignore[index]
+    async with http.delete(f"{proxy.base_url}/manage/tenants/{tenant}/limits",
+                           headers=auth) as response:  # fmt: skip
+        assert (await response.json())["set"] is False

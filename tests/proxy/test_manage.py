@@ -324,7 +324,7 @@ async def test_usage_of_a_key_and_of_a_tenant(
         for _ in range(requests):
             verdict = await limiter.admit(record)
             assert verdict is not None and verdict.allowed
-        for charge in limiter.charges(record, tokens):
+        for charge in limiter.charges(record, None, tokens):
             await redis.incrby(charge.key, charge.amount)
 
     status, usage = await call(http, "GET", f"{url}/usage/keys/{one['id']}")
@@ -361,7 +361,8 @@ async def test_openapi_document_describes_the_api(
     assert document["servers"] == [{"url": "/manage"}]
     assert set(document["paths"]) == {
         "/keys", "/keys/{key_id}", "/keys/{key_id}/revoke", "/keys/{key_id}/rotate",
-        "/usage/keys/{key_id}", "/usage/tenants/{tenant}", "/openapi.json",
+        "/usage/keys/{key_id}", "/usage/tenants/{tenant}", "/tenants/{tenant}/limits",
+        "/openapi.json",
     }  # fmt: skip
     create = document["paths"]["/keys"]["post"]
     assert create["responses"]["201"]["content"]["application/json"]["schema"] == {

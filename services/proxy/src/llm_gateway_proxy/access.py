@@ -19,7 +19,7 @@ from llm_gateway_proxy.errors import (
     RateLimited,
     TenantNotAllowed,
 )
-from llm_gateway_proxy.keys import KeyRecord, hash_key, key_from_headers
+from llm_gateway_proxy.keys import KeyRecord, Limits, hash_key, key_from_headers
 from llm_gateway_proxy.keystore import KeyStore, KeyStoreUnavailable
 from llm_gateway_proxy.ratelimit import RateLimiter
 
@@ -66,23 +66,26 @@ class Access:
         if not record.allows_model(model):
             raise ModelNotAllowed(f"This API key may not use model '{model}'.", param="model")
 
-    async def admit(self, record: KeyRecord) -> None:
-        """Count the request against the key's limits; raise if it is over one."""
-        verdict = await self.limiter.admit(record)
+    async def admit(self, record: KeyRecord) -> Limits | None:
+        """Count the request against the key's and its tenant's limits; raise if it is over
+        one. Returns the tenant's limits (its tokens are charged after the request)."""
+        tenant_limits = await self.keys.tenant_limits(record.tenant)
+        verdict = await self.limiter.admit(record, tenant_limits)
         if verdict is None:
             if not self._limits_unavailable_logged:
                 log.error("rate_limits_unavailable", fail_open=self.limiter.fail_open)
                 self._limits_unavailable_logged = True
             if self.limiter.fail_open:
-                return
+                return tenant_limits
             raise AuthUnavailable("The gateway cannot check rate limits right now.")
         self._limits_unavailable_logged = False
         if verdict.allowed:
-            return
-        limits = record.limits
+            return tenant_limits
+        limits = verdict.limits or record.limits
+        whose = "this API key" if verdict.scope == "key" else f"tenant '{record.tenant}'"
         if verdict.limit == "budget":
             raise BudgetExhausted(
-                f"This API key's {limits.budget_period} token budget is used up.",
+                f"The {limits.budget_period} token budget of {whose} is used up.",
                 limit="budget", limit_value=limits.budget_tokens,
                 reset_seconds=verdict.reset_seconds,
             )  # fmt: skip
@@ -90,7 +93,7 @@ class Access:
             limits.tokens_per_minute
         )  # fmt: skip
         raise RateLimited(
-            f"Rate limit reached: {value} {verdict.limit} per minute for this API key.",
+            f"Rate limit reached: {value} {verdict.limit} per minute for {whose}.",
             limit=verdict.limit or "requests", limit_value=value,
             reset_seconds=verdict.reset_seconds,
         )  # fmt: skip

@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 
 from llm_gateway_common.events import Outcome, UsageEvent, UsageSource
-from llm_gateway_proxy.keys import KeyRecord
+from llm_gateway_proxy.keys import KeyRecord, Limits
 from llm_gateway_proxy.usage import Usage, estimate_tokens
 
 REQUEST_ID_HEADER = "X-LLM-Request-ID"
@@ -49,6 +49,7 @@ class Exchange:
         "stream",
         "strip_usage_chunk",
         "tenant",
+        "tenant_limits",
         "ttfb",
         "upstream_called",
         "upstream_request_id",
@@ -86,6 +87,7 @@ class Exchange:
         self.requested_tenant = _header_text(tenant or x_tenant)
         self.tenant = self.requested_tenant or "default"
         self.key: KeyRecord | None = None
+        self.tenant_limits: Limits | None = None
         self.client_request_id = _header_text(client_request_id)
         self.upstream_request_id: str | None = None
         self.model: str | None = None

@@ -46,7 +46,11 @@ class Gateway:
         """Meter one finished request and write its one log line. Never raises into the handler."""
         event = exchange.to_event(self.settings.metering_capture_bytes)
         key = exchange.key
-        charges = () if key is None else self.access.limiter.charges(key, event.total_tokens)
+        charges = (
+            ()
+            if key is None
+            else self.access.limiter.charges(key, exchange.tenant_limits, event.total_tokens)
+        )
         self.publisher.publish(event, charges)
         log.info(
             "request",

@@ -84,7 +84,7 @@ class ProxyHandler:
             forward_body = self._prepare(body, exchange, gateway.settings.metering_capture_bytes)
             if key is not None:
                 access.authorize_model(key, exchange.model)
-                await access.admit(key)
+                exchange.tenant_limits = await access.admit(key)
             downstream.watch_disconnect()
             upstream = gateway.upstream
             response = await upstream.send(

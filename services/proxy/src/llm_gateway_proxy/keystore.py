@@ -2,9 +2,10 @@
 hashed keys; with a short per-process cache so a request rarely pays a Redis round trip.
 
 Redis layout (prefix `llm-gateway:keys:`):
-    hash:<sha256>  -> the record (JSON)         looked up on each cache miss
-    id:<key id>    -> <sha256>                  for the management API
-    ids            -> set of key ids
+    hash:<sha256>          -> the record (JSON)   looked up on each cache miss
+    id:<key id>            -> <sha256>            for the management API
+    ids                    -> set of key ids
+    tenant-limits:<tenant> -> Limits (JSON)       a tenant's limits over all its keys
 
 Revocation takes effect everywhere within `cache_ttl` seconds (the cache is the only copy a
 replica keeps). Unknown keys are cached too, so a client hammering with a bad key costs one
@@ -24,11 +25,12 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from llm_gateway_proxy.keys import KeyRecord
+from llm_gateway_proxy.keys import KeyRecord, Limits
 
 PREFIX = "llm-gateway:keys:"
 _MAX_CACHED = 50_000
 _decode = msgspec.json.Decoder(KeyRecord).decode
+_decode_limits = msgspec.json.Decoder(Limits).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -67,6 +69,7 @@ class KeyStore:
         self._static = static or {}
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
         self._save_script = redis.register_script(_SAVE)
+        self._tenant_cache: dict[str, tuple[Limits | None, float]] = {}
 
     @property
     def has_static_keys(self) -> bool:
@@ -95,7 +98,39 @@ class KeyStore:
         self._cache[key_hash] = (record, now + self._cache_ttl)
         return record
 
+    async def tenant_limits(self, tenant: str) -> Limits | None:
+        """The tenant's own limits (over all its keys), cached like key records. If Redis
+        cannot answer, the last known limits are used, or none (admission will then meet the
+        same outage and apply RATE_LIMIT_FAIL_OPEN)."""
+        now = time.monotonic()
+        cached = self._tenant_cache.get(tenant)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            raw = await self._call(self._redis.get(PREFIX + "tenant-limits:" + tenant))
+        except (RedisError, OSError, TimeoutError):
+            return cached[0] if cached is not None else None
+        limits = _decode_limits(raw) if raw else None
+        if len(self._tenant_cache) >= _MAX_CACHED:
+            self._tenant_cache.clear()
+        self._tenant_cache[tenant] = (limits, now + self._cache_ttl)
+        return limits
+
     # --- management (not on the request path) ------------------------------------------------
+
+    async def tenant_limits_now(self, tenant: str) -> Limits | None:
+        """The tenant's limits as stored right now (no cache; for the management API)."""
+        raw = await self._call(self._redis.get(PREFIX + "tenant-limits:" + tenant))
+        return _decode_limits(raw) if raw else None
+
+    async def set_tenant_limits(self, tenant: str, limits: Limits | None) -> None:
+        """Set (or, with None, remove) a tenant's limits."""
+        key = PREFIX + "tenant-limits:" + tenant
+        if limits is None:
+            await self._call(self._redis.delete(key))
+        else:
+            await self._call(self._redis.set(key, _encode(limits)))
+        self._tenant_cache.pop(tenant, None)
 
     async def save(self, record: KeyRecord, *, previous: KeyRecord | None = None) -> None:
         """Create a record, or replace `previous` with it (KeyStoreConflict if it changed)."""

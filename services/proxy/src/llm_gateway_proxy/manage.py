@@ -46,6 +46,7 @@ from llm_gateway_proxy.manage_models import (
     KeyUsage,
     LimitsSpec,
     Tenant,
+    TenantLimits,
     TenantUsage,
     UpdateKey,
     UsageTotals,
@@ -231,6 +232,9 @@ def create_management_app() -> Starlette:
             Route("/keys/{key_id}/rotate", rotate, methods=["POST"]),
             Route("/usage/keys/{key_id}", usage_of_key, methods=["GET"]),
             Route("/usage/tenants/{tenant:path}", usage_of_tenant, methods=["GET"]),
+            Route("/tenants/{tenant:path}/limits", get_tenant_limits, methods=["GET"]),
+            Route("/tenants/{tenant:path}/limits", set_tenant_limits, methods=["PUT"]),
+            Route("/tenants/{tenant:path}/limits", remove_tenant_limits, methods=["DELETE"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         middleware=[Middleware(ManagementAuth)],
@@ -292,6 +296,28 @@ async def usage_of_tenant(request: Request) -> Response:
     gateway = _gateway(request)
     tenant = _valid_tenant(request.path_params["tenant"])
     return _json(await tenant_usage(gateway.keys, gateway.limiter, tenant))
+
+
+async def get_tenant_limits(request: Request) -> Response:
+    tenant = _valid_tenant(request.path_params["tenant"])
+    limits = await _gateway(request).keys.tenant_limits_now(tenant)
+    return _json(TenantLimits(tenant=tenant, set=limits is not None, limits=limits or Limits()))
+
+
+async def set_tenant_limits(request: Request) -> Response:
+    tenant = _valid_tenant(request.path_params["tenant"])
+    spec = parse_body(await _read_body(request), _decoder(LimitsSpec))
+    limits = spec.applied_to(Limits())
+    await _gateway(request).keys.set_tenant_limits(tenant, limits)
+    log.info("tenant_limits_set", tenant=tenant)
+    return _json(TenantLimits(tenant=tenant, set=True, limits=limits))
+
+
+async def remove_tenant_limits(request: Request) -> Response:
+    tenant = _valid_tenant(request.path_params["tenant"])
+    await _gateway(request).keys.set_tenant_limits(tenant, None)
+    log.info("tenant_limits_removed", tenant=tenant)
+    return _json(TenantLimits(tenant=tenant, set=False, limits=Limits()))
 
 
 async def openapi(request: Request) -> Response:

@@ -123,6 +123,15 @@ class TenantUsage(msgspec.Struct, frozen=True, kw_only=True):
     keys: list[KeyUsage]
 
 
+class TenantLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant's own limits, over all its keys (0: unlimited); `set` is false when the
+    tenant has none."""
+
+    tenant: str
+    set: bool
+    limits: Limits
+
+
 class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True):
     message: str
     type: str
@@ -165,6 +174,13 @@ _OPERATIONS = (
         parameter="key_id"),
     _Op("/usage/tenants/{tenant}", "get", "tenantUsage", "A tenant's usage: sum and each key",
         "TenantUsage", parameter="tenant"),
+    _Op("/tenants/{tenant}/limits", "get", "getTenantLimits", "A tenant's own limits",
+        "TenantLimits", parameter="tenant"),
+    _Op("/tenants/{tenant}/limits", "put", "setTenantLimits",
+        "Set a tenant's limits over all its keys (fields left out: unlimited)", "TenantLimits",
+        body="LimitsSpec", parameter="tenant"),
+    _Op("/tenants/{tenant}/limits", "delete", "removeTenantLimits",
+        "Remove a tenant's limits", "TenantLimits", parameter="tenant"),
     _Op("/openapi.json", "get", "openapi", "This document", None),
 )  # fmt: skip
 _PARAMETERS: dict[str, dict[str, Any]] = {
@@ -197,7 +213,18 @@ _KEY_LINKS = {
 def openapi_document(server_url: str) -> dict[str, Any]:
     """The OpenAPI 3.1 description of the management API served at `server_url`."""
     _, schemas = msgspec.json.schema_components(
-        (CreateKey, UpdateKey, KeyView, CreatedKey, KeyList, KeyUsage, TenantUsage, ErrorBody),
+        (
+            CreateKey,
+            UpdateKey,
+            KeyView,
+            CreatedKey,
+            KeyList,
+            KeyUsage,
+            TenantUsage,
+            LimitsSpec,
+            TenantLimits,
+            ErrorBody,
+        ),
         ref_template="#/components/schemas/{name}",
     )
     paths: dict[str, dict[str, Any]] = {}

@@ -22,28 +22,42 @@ from typing import Any, NamedTuple
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from llm_gateway_proxy.keys import KeyRecord
+from llm_gateway_proxy.keys import KeyRecord, Limits
 
 PREFIX = "llm-gateway:limits:"
 _WINDOW_TTL = 120  # a minute's counters outlive their minute, for late charges and reads
 
+# KEYS: key rpm, key tpm, key budget, tenant rpm, tenant tpm, tenant budget.
+# ARGV: the six limits (0 = none), then the window TTL. Returns {code, used}: 0 admitted,
+# 1/2/3 the key's requests/tokens/budget, 4/5/6 the tenant's.
 _ADMIT = """
-local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if budget > 0 then
-  local used = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if used >= budget then return {3, used} end
+for scope = 0, 1 do
+  local budget, tpm = tonumber(ARGV[3 + scope * 3]), tonumber(ARGV[2 + scope * 3])
+  if budget > 0 then
+    local used = tonumber(redis.call('GET', KEYS[3 + scope * 3]) or '0')
+    if used >= budget then return {3 + scope * 3, used} end
+  end
+  if tpm > 0 then
+    local used = tonumber(redis.call('GET', KEYS[2 + scope * 3]) or '0')
+    if used >= tpm then return {2 + scope * 3, used} end
+  end
 end
-if tpm > 0 then
-  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if used >= tpm then return {2, used} end
+local counted = 0
+for scope = 0, 1 do
+  local rpm = tonumber(ARGV[1 + scope * 3])
+  if rpm > 0 then
+    local n = tonumber(redis.call('GET', KEYS[1 + scope * 3]) or '0')
+    if n >= rpm then return {1 + scope * 3, n} end
+  end
 end
-if rpm > 0 then
-  local n = redis.call('INCR', KEYS[1])
-  if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
-  if n > rpm then return {1, n} end
-  return {0, n}
+for scope = 0, 1 do
+  if tonumber(ARGV[1 + scope * 3]) > 0 then
+    local n = redis.call('INCR', KEYS[1 + scope * 3])
+    if n == 1 then redis.call('EXPIRE', KEYS[1 + scope * 3], ARGV[7]) end
+    counted = n
+  end
 end
-return {0, 0}
+return {0, counted}
 """
 
 
@@ -52,6 +66,8 @@ class Verdict(NamedTuple):
     limit: str | None = None  # "requests" | "tokens" | "budget"
     used: int = 0
     reset_seconds: int = 0
+    scope: str = "key"  # "key" | "tenant": whose limit was reached
+    limits: Limits | None = None  # the limits that were reached
 
 
 class Charge(NamedTuple):
@@ -70,44 +86,50 @@ class RateLimiter:
         self._script: Any = redis.register_script(_ADMIT)
         self.unavailable = 0
 
-    async def admit(self, record: KeyRecord) -> Verdict | None:
+    async def admit(self, record: KeyRecord, tenant: Limits | None = None) -> Verdict | None:
         """A verdict for this request, or None when Redis could not be asked (fail mode)."""
-        limits = record.limits
-        if not (limits.requests_per_minute or limits.tokens_per_minute or limits.budget_tokens):
+        if not (_limited(record.limits) or (tenant is not None and _limited(tenant))):
             return Verdict(True)
+        tenant_limits = tenant or Limits()
         minute = int(time.time() // 60)
-        keys = [_rpm_key(record.id, minute), _tpm_key(record.id, minute), _budget_key(record)]
-        args = [limits.requests_per_minute, limits.tokens_per_minute, limits.budget_tokens,
-                _WINDOW_TTL]  # fmt: skip
+        keys = [*_counter_keys(f"key:{record.id}", record.limits, minute),
+                *_counter_keys(f"tenant:{record.tenant}", tenant_limits, minute)]  # fmt: skip
+        args = [*_limit_args(record.limits), *_limit_args(tenant_limits), _WINDOW_TTL]
         try:
             code, used = await asyncio.wait_for(self._script(keys=keys, args=args), self._timeout)
         except (RedisError, OSError, TimeoutError):
             self.unavailable += 1
             return None
-        if int(code) == 0:
+        code = int(code)
+        if code == 0:
             return Verdict(True, None, int(used))
-        limit = {1: "requests", 2: "tokens", 3: "budget"}[int(code)]
-        return Verdict(False, limit, int(used), _reset_seconds(limit, record))
+        scope, limits = ("key", record.limits) if code <= 3 else ("tenant", tenant_limits)
+        limit = ("requests", "tokens", "budget")[(code - 1) % 3]
+        return Verdict(False, limit, int(used), _reset_seconds(limit, limits), scope, limits)
 
     @property
     def fail_open(self) -> bool:
         return self._fail_open
 
-    def charges(self, record: KeyRecord, tokens: int) -> list[Charge]:
-        """What to add for a completed request's tokens (none for keys without token limits)."""
-        limits = record.limits
-        if tokens <= 0 or not (limits.tokens_per_minute or limits.budget_tokens):
+    def charges(self, record: KeyRecord, tenant: Limits | None, tokens: int) -> list[Charge]:
+        """What to add for a completed request's tokens (only where a token limit exists)."""
+        if tokens <= 0:
             return []
         minute = int(time.time() // 60)
-        charges = [Charge(_tpm_key(record.id, minute), tokens, _WINDOW_TTL)]
-        if limits.budget_tokens:
-            charges.append(Charge(_budget_key(record), tokens, _budget_ttl(limits.budget_period)))
+        charges: list[Charge] = []
+        for owner, limits in ((f"key:{record.id}", record.limits), (f"tenant:{record.tenant}",
+                                                                    tenant)):  # fmt: skip
+            if limits is None or not (limits.tokens_per_minute or limits.budget_tokens):
+                continue
+            _, tpm_key, budget_key = _counter_keys(owner, limits, minute)
+            charges.append(Charge(tpm_key, tokens, _WINDOW_TTL))
+            if limits.budget_tokens:
+                charges.append(Charge(budget_key, tokens, _budget_ttl(limits.budget_period)))
         return charges
 
     async def usage(self, record: KeyRecord) -> dict[str, int | str]:
         """What the key used: this minute's requests and tokens, and its budget period's tokens."""
-        minute = int(time.time() // 60)
-        keys = [_rpm_key(record.id, minute), _tpm_key(record.id, minute), _budget_key(record)]
+        keys = _counter_keys(f"key:{record.id}", record.limits, int(time.time() // 60))
         values = await asyncio.wait_for(self._redis.mget(keys), self._timeout)
         requests, tokens, budget = (int(v) if v else 0 for v in values)
         return {
@@ -118,30 +140,31 @@ class RateLimiter:
         }
 
 
-def _rpm_key(key_id: str, minute: int) -> str:
-    return f"{PREFIX}{key_id}:rpm:{minute}"
+def _limited(limits: Limits) -> bool:
+    return bool(limits.requests_per_minute or limits.tokens_per_minute or limits.budget_tokens)
 
 
-def _tpm_key(key_id: str, minute: int) -> str:
-    return f"{PREFIX}{key_id}:tpm:{minute}"
+def _limit_args(limits: Limits) -> list[int]:
+    return [limits.requests_per_minute, limits.tokens_per_minute, limits.budget_tokens]
 
 
-def _budget_key(record: KeyRecord) -> str:
+def _counter_keys(owner: str, limits: Limits, minute: int) -> list[str]:
+    """(requests this minute, tokens this minute, tokens this budget period) of `owner`."""
     now = datetime.now(UTC)
-    period = record.limits.budget_period
     stamp = {"daily": now.strftime("%Y%m%d"), "monthly": now.strftime("%Y%m"), "total": "all"}
-    return f"{PREFIX}{record.id}:budget:{stamp[period]}"
+    return [f"{PREFIX}{owner}:rpm:{minute}", f"{PREFIX}{owner}:tpm:{minute}",
+            f"{PREFIX}{owner}:budget:{stamp[limits.budget_period]}"]  # fmt: skip
 
 
 def _budget_ttl(period: str) -> int | None:
     return {"daily": 2 * 86_400, "monthly": 32 * 86_400}.get(period)
 
 
-def _reset_seconds(limit: str, record: KeyRecord) -> int:
+def _reset_seconds(limit: str, limits: Limits) -> int:
     now = datetime.now(UTC)
     if limit in ("requests", "tokens"):
         return 60 - now.second
-    period = record.limits.budget_period
+    period = limits.budget_period
     if period == "daily":
         return 86_400 - (now.hour * 3600 + now.minute * 60 + now.second)
     if period == "monthly":
