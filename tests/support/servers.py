@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -47,8 +49,20 @@ class LocalRedis:
         wait_for_port(self.port)
         return self
 
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps its port and accepts connections (the kernel queues them)
+        but answers nothing, as a hung Redis does. `thaw` resumes it, and it then runs whatever
+        commands were sent meanwhile, as a Redis back from a long stall does."""
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self._process is not None:
+            self.thaw()
             self._process.kill()
             self._process.wait(timeout=10)
             self._process = None
