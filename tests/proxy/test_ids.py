@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import uuid
+
+import pytest
 
 from llm_gateway_proxy.ids import IdSource
 
@@ -18,3 +21,17 @@ def test_ids_are_unique_and_event_ids_are_version_4_uuids() -> None:
 
 def test_two_sources_do_not_repeat_each_other() -> None:
     assert IdSource().pair() != IdSource().pair()
+
+
+def test_every_pair_is_a_fresh_draw_from_the_os_random_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A generator seeded once (Mersenne Twister) is predictable from its outputs; each id must
+    # come from os.urandom itself, so two draws we control must show up as the two request ids.
+    draws = iter([bytes(range(16)), bytes(range(16, 32))])
+    source = IdSource()
+    monkeypatch.setattr(os, "urandom", lambda n: next(draws))
+    first, second = source.pair(), source.pair()
+    assert first[0] == bytes(range(16)).hex()
+    assert second[0] == bytes(range(16, 32)).hex()
+    assert uuid.UUID(first[1]).version == 4
