@@ -4,19 +4,29 @@ Schema evolution follows msgspec's rules: new fields always get a default, exist
 change type or meaning, and `schema_version` is bumped when fields are added. Consumers decode
 with `decode_event`, which ignores fields it does not know, so an older consumer can read a newer
 producer's events.
+
+Open vocabularies (`outcome`, `usage_source`) are plain strings on the wire and in the Struct, so
+that a value added by a newer producer (say an outcome `fallback`, a usage source `cache`)
+decodes everywhere instead of failing validation and being dead-lettered by every consumer not
+yet upgraded. `Outcome` and `UsageSource` are the values this version produces (for producers to
+type-check against); consumers must handle any other string, and `UsageEvent.failed` says how.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
 SCHEMA_VERSION = 1
 
+# What this version produces. The event fields are `str`: never decode against these.
 Outcome = Literal["ok", "upstream_error", "gateway_error", "client_disconnected"]
 UsageSource = Literal["provider", "estimated", "none"]
+KNOWN_OUTCOMES: frozenset[str] = frozenset(get_args(Outcome))
+KNOWN_USAGE_SOURCES: frozenset[str] = frozenset(get_args(UsageSource))
+FAILED_OUTCOMES: frozenset[str] = KNOWN_OUTCOMES - {"ok"}
 
 
 class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
@@ -38,14 +48,14 @@ class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False)
     response_model: str | None = None
     stream: bool = False
     status_code: int
-    outcome: Outcome
+    outcome: str  # open vocabulary: KNOWN_OUTCOMES, and whatever a newer producer adds
     error_type: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
-    usage_source: UsageSource = "none"
+    usage_source: str = "none"  # open vocabulary: KNOWN_USAGE_SOURCES, and newer ones
     started_at: datetime
     finished_at: datetime
     latency_ms: float
@@ -56,6 +66,14 @@ class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False)
     captured_request_truncated: bool = False
     captured_response: str | None = None
     captured_response_truncated: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """Whether the request failed: a known failing outcome, or, for an outcome this version
+        does not know, an HTTP error status (a newer `fallback` that answered 200 succeeded)."""
+        if self.outcome in KNOWN_OUTCOMES:
+            return self.outcome in FAILED_OUTCOMES
+        return self.status_code >= 400
 
 
 _encoder = msgspec.json.Encoder()

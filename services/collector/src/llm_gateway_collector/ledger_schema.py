@@ -16,7 +16,7 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
-from llm_gateway_common.events import UsageEvent
+from llm_gateway_common.events import FAILED_OUTCOMES, KNOWN_OUTCOMES, UsageEvent
 
 TABLE = "usage_events"
 _MIGRATION_LOCK = 0x11_6A7E_0001  # pg_advisory_xact_lock key owned by this schema
@@ -24,6 +24,18 @@ _SQL_TYPES: dict[Any, str] = {
     str: "text", int: "bigint", float: "double precision", bool: "boolean",
     datetime: "timestamptz",
 }  # fmt: skip
+
+
+def _sql_strings(values: frozenset[str]) -> str:
+    return ", ".join(f"'{value}'" for value in sorted(values))  # our own constants: no quotes
+
+
+# `UsageEvent.failed` in SQL: outcomes are an open vocabulary, so one this version does not know
+# (a newer producer's `fallback`) counts as an error only if the client got an error status.
+_FAILED_SQL = (
+    f"outcome IN ({_sql_strings(FAILED_OUTCOMES)}) OR "
+    f"(outcome NOT IN ({_sql_strings(KNOWN_OUTCOMES)}) AND status_code >= 400)"
+)
 
 
 def event_columns() -> list[tuple[str, str]]:
@@ -59,7 +71,7 @@ def _statements() -> list[str]:
         f"""CREATE OR REPLACE VIEW usage_daily AS
             SELECT (started_at AT TIME ZONE 'UTC')::date AS day, tenant, model,
                    count(*) AS requests,
-                   count(*) FILTER (WHERE outcome <> 'ok') AS errors,
+                   count(*) FILTER (WHERE {_FAILED_SQL}) AS errors,
                    coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
                    coalesce(sum(completion_tokens), 0) AS completion_tokens,
                    coalesce(sum(total_tokens), 0) AS total_tokens

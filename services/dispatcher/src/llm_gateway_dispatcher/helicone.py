@@ -103,7 +103,7 @@ def log_headers(event: UsageEvent) -> dict[str, str]:
     if event.stream:
         headers["Helicone-Property-Stream"] = "true"
     if event.outcome != "ok":
-        headers["Helicone-Property-Outcome"] = event.outcome
+        headers["Helicone-Property-Outcome"] = _header_value(event.outcome)
     return headers
 
 
@@ -137,11 +137,11 @@ def request_json(event: UsageEvent) -> dict[str, Any]:
 def response_json(event: UsageEvent) -> dict[str, Any]:
     """The answer as captured (a stream assembled), with the model and the metered usage."""
     body = dict(response_body(event) or {})
-    if event.outcome != "ok" and "error" not in body:
+    if event.failed and "error" not in body:  # a newer producer's outcome may be a success
         body["error"] = {"message": f"{event.error_type or event.outcome}",
                          "type": event.error_type}  # fmt: skip
     body["model"] = body.get("model") or _model(event)
-    if event.outcome == "ok" or event.total_tokens:
+    if not event.failed or event.total_tokens:
         body["usage"] = _usage(event)
     return body
 

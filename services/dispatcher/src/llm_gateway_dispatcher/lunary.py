@@ -149,7 +149,7 @@ def run_events(event: UsageEvent) -> list[dict[str, Any]]:
         if params := request_params(request):
             start["params"] = params
     finish: dict[str, Any] = {"type": "llm", "runId": run_id, "timestamp": iso_ms(finished_ms)}
-    if event.outcome != "ok":
+    if event.failed:  # not `outcome != "ok"`: a newer producer's outcome may be a success
         problem = event.error_type or event.outcome
         finish |= {"event": "error", "error": {"message": f"{problem} (HTTP {event.status_code})"}}
         return [start, finish]
@@ -181,7 +181,7 @@ def metadata(event: UsageEvent) -> dict[str, str | int | float | bool]:
         "keyId": event.key_id,
         "errorType": event.error_type,
     }
-    if event.outcome != "ok":  # an `error` event carries no tokensUsage: keep the counts here
+    if event.failed:  # an `error` event carries no tokensUsage: keep the counts here
         fields |= {"promptTokens": event.prompt_tokens,
                    "completionTokens": event.completion_tokens}  # fmt: skip
     if event.reasoning_tokens:

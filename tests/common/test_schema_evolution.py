@@ -1,0 +1,131 @@
+"""An older consumer meets a newer producer's event: values added to the open vocabularies
+(`outcome`, `usage_source`) and fields it does not know are read, stored and forwarded, never
+dead-lettered, and a new outcome is judged a failure only by the status the client got."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from llm_gateway_common.events import decode_event, encode_event
+from llm_gateway_dispatcher.helicone import log_body, log_headers
+from llm_gateway_dispatcher.lunary import run_events
+from tests.collector.test_ndjson import lines, until
+from tests.conftest import CollectorFactory
+from tests.dispatcher.conftest import DispatcherFactory, dead_letters
+from tests.support.events import make_event, produce
+
+
+def newer_event(index: int, **overrides: object) -> bytes:
+    """The JSON a newer producer would write: schema 2, a field this version lacks, overrides."""
+    data = orjson.loads(encode_event(make_event(index)))
+    data |= {"schema_version": 2, "fallback_from": {"provider": "openai", "attempts": 2}}
+    data |= overrides
+    return orjson.dumps(data)
+
+
+FALLBACK = {"outcome": "fallback", "usage_source": "cache", "status_code": 200}  # succeeded
+SHED = {"outcome": "shed", "usage_source": "none", "status_code": 503}  # a new kind of failure
+
+
+def test_new_vocabulary_and_fields_decode() -> None:
+    event = decode_event(newer_event(1, **FALLBACK))
+    assert (event.outcome, event.usage_source, event.schema_version) == ("fallback", "cache", 2)
+    assert not event.failed
+    assert decode_event(newer_event(2, **SHED)).failed
+
+
+def test_known_outcomes_keep_their_meaning_whatever_the_status() -> None:
+    assert not make_event(1, outcome="ok", status_code=404).failed  # the upstream's own 404
+    for outcome in ("upstream_error", "gateway_error", "client_disconnected"):
+        assert make_event(1, outcome=outcome, status_code=200).failed, outcome
+
+
+def test_types_are_still_checked() -> None:
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.outcome"):
+        decode_event(newer_event(1, outcome=7))
+
+
+def test_lunary_and_helicone_report_a_new_successful_outcome_as_a_success() -> None:
+    fallback = decode_event(newer_event(1, **FALLBACK))
+    start, end = run_events(fallback)
+    assert end["event"] == "end" and end["tokensUsage"]["prompt"] == fallback.prompt_tokens
+    assert start["metadata"]["outcome"] == "fallback"
+    assert start["metadata"]["usageSource"] == "cache"
+    body = log_body(fallback)["providerResponse"]["json"]
+    assert "error" not in body and body["usage"]["total_tokens"] == fallback.total_tokens
+    assert log_headers(fallback)["Helicone-Property-Outcome"] == "fallback"
+
+
+def test_lunary_and_helicone_report_a_new_failing_outcome_as_an_error() -> None:
+    shed = decode_event(newer_event(1, **SHED))
+    _, end = run_events(shed)
+    assert end["event"] == "error" and end["error"] == {"message": "shed (HTTP 503)"}
+    assert log_body(shed)["providerResponse"]["json"]["error"]["message"] == "shed"
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    yield connection
+    await connection.close()
+
+
+async def all_acknowledged(redis: aioredis.Redis, stream: str, group: str) -> bool:
+    """The consumer group has read up to the stream's last entry and has nothing pending (the
+    dead-lettered are acknowledged too: check the dead-letter stream besides)."""
+    last = await redis.xrevrange(stream, count=1)
+    groups = {g["name"].decode(): g for g in await redis.xinfo_groups(stream)}
+    if group not in groups or not last:
+        return False
+    return bool(groups[group]["last-delivered-id"] == last[0][0] and not groups[group]["pending"])
+
+
+async def produce_old_and_new(redis: aioredis.Redis, stream: str, tenant: str) -> list[bytes]:
+    """One event as this version writes it, then a newer successful and a newer failed one."""
+    old = make_event(0, tenant=tenant)
+    await produce(redis, stream, [old])
+    newer = [newer_event(1, tenant=tenant, **FALLBACK), newer_event(2, tenant=tenant, **SHED)]
+    for data in newer:
+        await redis.xadd(stream, {"data": data})
+    return [encode_event(old), *newer]
+
+
+async def test_collector_stores_newer_events_and_counts_only_real_failures(
+    collector_factory: CollectorFactory, redis: aioredis.Redis, db: asyncpg.Connection,
+    database_url: str, stream_name: str,
+) -> None:  # fmt: skip
+    tenant = f"evolution-{stream_name[-8:]}"
+    await produce_old_and_new(redis, stream_name, tenant)
+    collector_factory(EVENTS_STREAM=stream_name, COLLECTOR_SINK="postgres",
+                      DATABASE_URL=database_url)  # fmt: skip
+
+    await until(lambda: all_acknowledged(redis, stream_name, "collector"), "all acknowledged")
+    assert await dead_letters(redis, stream_name) == []
+    rows = await db.fetch("SELECT outcome, usage_source FROM usage_events WHERE tenant = $1 "
+                          "ORDER BY outcome", tenant)  # fmt: skip
+    assert [tuple(r) for r in rows] == [("fallback", "cache"), ("ok", "provider"),
+                                        ("shed", "none")]  # fmt: skip
+    daily = await db.fetchrow("SELECT sum(requests), sum(errors) FROM usage_daily "
+                              "WHERE tenant = $1", tenant)  # fmt: skip
+    assert daily is not None and tuple(daily) == (3, 1)  # `shed` only: `fallback` answered 200
+
+
+async def test_dispatcher_forwards_newer_events(
+    dispatcher_factory: DispatcherFactory, redis: aioredis.Redis, stream_name: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.jsonl"
+    written = await produce_old_and_new(redis, stream_name, "evolution")
+    dispatcher_factory(DISPATCHER_ENDPOINT=str(path))
+
+    await until(lambda: all_acknowledged(redis, stream_name, "dispatcher"), "all acknowledged")
+    assert await dead_letters(redis, stream_name) == []
+    forwarded = [decode_event(line) for line in lines(path)]
+    assert [e.outcome for e in forwarded] == ["ok", "fallback", "shed"]
+    assert forwarded[1] == decode_event(written[1])  # the unknown field is dropped, nothing else
