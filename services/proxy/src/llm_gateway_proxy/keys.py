@@ -42,6 +42,9 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, str] = {}
     created_at: float = 0.0
     display: str = ""  # `gw-abcd...wxyz`, to recognise a key without storing it
+    # One more on every write; the store's compare-and-set checks it. Records written before
+    # it existed decode as 0. New fields always get a default (never a changed type).
+    version: int = 0
 
     def usable(self, now: float | None = None) -> bool:
         if not self.active:

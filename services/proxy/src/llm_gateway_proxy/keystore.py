@@ -1,5 +1,5 @@
 """Where key records live: Redis (shared by every replica) and, for GitOps, a static file of
-hashed keys; with a short per-process cache so a request rarely pays a Redis round trip.
+hashed keys; with a per-process cache so a request rarely pays a Redis round trip.
 
 Redis layout (prefix `llm-gateway:keys:`):
     hash:<sha256>          -> the record (JSON)   looked up on each cache miss
@@ -8,34 +8,48 @@ Redis layout (prefix `llm-gateway:keys:`):
     tenant-limits:<tenant> -> Limits (JSON)       a tenant's limits over all its keys
 
 Revocation takes effect everywhere within `cache_ttl` seconds (the cache is the only copy a
-replica keeps). Unknown keys are cached too, so a client hammering with a bad key costs one
-Redis lookup per `cache_ttl`. If Redis cannot answer, a cached record (even an expired one) is
-used; a key never seen before is refused (503), since it cannot be checked.
+replica keeps). The cache is two LRUs: known keys (`KNOWN_KEYS`) and, apart and smaller, unknown
+ones (`UNKNOWN_KEYS`), so a client hammering with random keys costs one Redis lookup per key per
+`cache_ttl` and evicts only other unknown keys, never a valid one.
+
+Request-path lookups go through the RedisGate (timeout, circuit breaker). If Redis cannot
+answer, a cached record or tenant's limits, even expired, is used for up to `max_stale` seconds
+after it was fetched (`MAX_STALE`, 10 minutes); past that, or for a key never seen, the answer
+is KeyStoreUnavailable (503): it cannot be checked. While the breaker is open none of this
+awaits Redis, so expired entries cost nothing per request during an outage.
+
+Writes are compare-and-set on the record's `version`, which every write increments; a record
+written before `version` existed reads as version 0. Adding a field to KeyRecord therefore never
+makes a stored record look changed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from llm_gateway_proxy.keys import KeyRecord, Limits
+from llm_gateway_proxy.redisgate import RedisGate, RedisUnavailable
 
 PREFIX = "llm-gateway:keys:"
-_MAX_CACHED = 50_000
+KNOWN_KEYS = 50_000
+UNKNOWN_KEYS = 10_000
+TENANTS = 10_000
+MAX_STALE = 600.0
 _decode = msgspec.json.Decoder(KeyRecord).decode
 _decode_limits = msgspec.json.Decoder(Limits).decode
 _encode = msgspec.json.Encoder().encode
 
+V = TypeVar("V")
+
 
 class KeyStoreUnavailable(Exception):
-    """Redis could not be asked about a key the cache does not know."""
+    """Redis could not be asked about a key (or tenant) the cache cannot answer for."""
 
 
 class KeyStoreConflict(Exception):
@@ -43,14 +57,19 @@ class KeyStoreConflict(Exception):
 
 
 # Compare-and-set writes, so concurrent management calls cannot resurrect a rotated key or
-# lose an update: KEYS = hash:<new>, id:<id>, ids, hash:<old>; ARGV = record, new hash, id,
-# expected current record JSON ('' = no check), old hash ('' = not a rotation).
+# lose an update. KEYS = hash:<new>, id:<id>, ids, hash:<old> ('' = not a rotation);
+# ARGV = record JSON, new hash, id, expected version ('' = a new record), old hash ('' = not a
+# rotation). The stored record's version is read with cjson: a record without one is version 0.
 _SAVE = """
-local current = redis.call('GET', KEYS[2])
-local expected_hash = ARGV[5] ~= '' and ARGV[5] or ARGV[2]
-if current and current ~= expected_hash then return 0 end
-if ARGV[4] ~= '' and redis.call('GET', KEYS[4] ~= '' and KEYS[4] or KEYS[1]) ~= ARGV[4] then
-  return 0
+local current_hash = redis.call('GET', KEYS[2])
+if ARGV[4] == '' then
+  if current_hash and current_hash ~= ARGV[2] then return 0 end
+else
+  local expected_hash = ARGV[5] ~= '' and ARGV[5] or ARGV[2]
+  if current_hash ~= expected_hash then return 0 end
+  local current = redis.call('GET', KEYS[4] ~= '' and KEYS[4] or KEYS[1])
+  if not current then return 0 end
+  if tonumber(cjson.decode(current)['version'] or 0) ~= tonumber(ARGV[4]) then return 0 end
 end
 if ARGV[5] ~= '' then redis.call('DEL', KEYS[4]) end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -62,120 +81,160 @@ return 1
 
 class KeyStore:
     def __init__(self, redis: aioredis.Redis, *, cache_ttl: float, timeout: float,
-                 static: dict[str, KeyRecord] | None = None) -> None:  # fmt: skip
+                 static: dict[str, KeyRecord] | None = None, gate: RedisGate | None = None,
+                 max_stale: float = MAX_STALE) -> None:  # fmt: skip
+        """`gate` is the request path's RedisGate (shared with the RateLimiter); without one
+        the store makes its own with `timeout`."""
         self._redis = redis
+        self.gate = gate if gate is not None else RedisGate(redis, timeout=timeout)
         self._cache_ttl = cache_ttl
-        self._timeout = timeout
+        self._max_stale = max(max_stale, cache_ttl)
         self._static = static or {}
-        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        self._known: _LRU[KeyRecord] = _LRU(KNOWN_KEYS)
+        self._unknown: _LRU[None] = _LRU(UNKNOWN_KEYS)
+        self._tenants: _LRU[Limits | None] = _LRU(TENANTS)
         self._save_script = redis.register_script(_SAVE)
-        self._tenant_cache: dict[str, tuple[Limits | None, float]] = {}
 
     @property
     def has_static_keys(self) -> bool:
         return bool(self._static)
 
     async def lookup(self, key_hash: str) -> KeyRecord | None:
-        """The record for a key hash, or None if no such key exists."""
+        """The record for a key hash, or None if no such key exists; KeyStoreUnavailable if
+        Redis cannot answer and the cache has nothing recent enough."""
         static = self._static.get(key_hash)
         if static is not None:
             return static
         now = time.monotonic()
-        cached = self._cache.get(key_hash)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        known = self._known.get(key_hash)
+        if known is not None and now - known[1] < self._cache_ttl:
+            return known[0]
+        if known is None:
+            unknown = self._unknown.get(key_hash)
+            if unknown is not None and now - unknown[1] < self._cache_ttl:
+                return None
         try:
-            raw = await asyncio.wait_for(
-                self._redis.get(PREFIX + "hash:" + key_hash), self._timeout
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            if cached is not None:
-                return cached[0]  # stale, but Redis is away: keep serving known keys
-            raise KeyStoreUnavailable(type(exc).__name__) from exc
-        record = _decode(raw) if raw else None
-        if len(self._cache) >= _MAX_CACHED:
-            self._cache.clear()
-        self._cache[key_hash] = (record, now + self._cache_ttl)
+            raw = await self.gate.read(self._redis.get, PREFIX + "hash:" + key_hash)
+        except RedisUnavailable as exc:
+            if known is not None and now - known[1] < self._max_stale:
+                return known[0]  # stale, but Redis is away: keep serving known keys
+            raise KeyStoreUnavailable(str(exc)) from exc
+        if not raw:
+            self._known.pop(key_hash)
+            self._unknown.put(key_hash, None, now)
+            return None
+        record = _decode(raw)
+        self._unknown.pop(key_hash)
+        self._known.put(key_hash, record, now)
         return record
 
     async def tenant_limits(self, tenant: str) -> Limits | None:
-        """The tenant's own limits (over all its keys), cached like key records. If Redis
-        cannot answer, the last known limits are used, or none (admission will then meet the
-        same outage and apply RATE_LIMIT_FAIL_OPEN)."""
+        """The tenant's own limits (over all its keys; None: it has none), cached like key
+        records; KeyStoreUnavailable when Redis cannot answer and nothing recent is cached:
+        whether the tenant has limits is then unknown."""
         now = time.monotonic()
-        cached = self._tenant_cache.get(tenant)
-        if cached is not None and cached[1] > now:
+        cached = self._tenants.get(tenant)
+        if cached is not None and now - cached[1] < self._cache_ttl:
             return cached[0]
         try:
-            raw = await self._call(self._redis.get(PREFIX + "tenant-limits:" + tenant))
-        except (RedisError, OSError, TimeoutError):
-            return cached[0] if cached is not None else None
+            raw = await self.gate.read(self._redis.get, PREFIX + "tenant-limits:" + tenant)
+        except RedisUnavailable as exc:
+            if cached is not None and now - cached[1] < self._max_stale:
+                return cached[0]
+            raise KeyStoreUnavailable(str(exc)) from exc
         limits = _decode_limits(raw) if raw else None
-        if len(self._tenant_cache) >= _MAX_CACHED:
-            self._tenant_cache.clear()
-        self._tenant_cache[tenant] = (limits, now + self._cache_ttl)
+        self._tenants.put(tenant, limits, now)
         return limits
 
-    # --- management (not on the request path) ------------------------------------------------
+    # --- management (not on the request path; RedisUnavailable when Redis fails) ----------
 
     async def tenant_limits_now(self, tenant: str) -> Limits | None:
         """The tenant's limits as stored right now (no cache; for the management API)."""
-        raw = await self._call(self._redis.get(PREFIX + "tenant-limits:" + tenant))
+        raw = await self.gate.call(self._redis.get, PREFIX + "tenant-limits:" + tenant)
         return _decode_limits(raw) if raw else None
 
     async def set_tenant_limits(self, tenant: str, limits: Limits | None) -> None:
         """Set (or, with None, remove) a tenant's limits."""
         key = PREFIX + "tenant-limits:" + tenant
         if limits is None:
-            await self._call(self._redis.delete(key))
+            await self.gate.call(self._redis.delete, key)
         else:
-            await self._call(self._redis.set(key, _encode(limits)))
-        self._tenant_cache.pop(tenant, None)
+            await self.gate.call(self._redis.set, key, _encode(limits))
+        self._tenants.pop(tenant)
 
-    async def save(self, record: KeyRecord, *, previous: KeyRecord | None = None) -> None:
-        """Create a record, or replace `previous` with it (KeyStoreConflict if it changed)."""
-        await self._write(record, previous=previous, old_hash=None)
+    async def save(self, record: KeyRecord, *, previous: KeyRecord | None = None) -> KeyRecord:
+        """Create a record, or replace `previous` with it (KeyStoreConflict if it changed
+        meanwhile). Returns the record as stored (its `version` one past `previous`)."""
+        return await self._write(record, previous=previous, old_hash=None)
+
+    async def replace_hash(self, old: KeyRecord, new: KeyRecord) -> KeyRecord:
+        """Rotation: the same id and settings under a new key; the old key stops working."""
+        stored = await self._write(new, previous=old, old_hash=old.key_hash)
+        self._known.pop(old.key_hash)
+        return stored
 
     async def get(self, key_id: str) -> KeyRecord | None:
-        key_hash = await asyncio.wait_for(self._redis.get(PREFIX + "id:" + key_id), self._timeout)
+        key_hash = await self.gate.call(self._redis.get, PREFIX + "id:" + key_id)
         if not key_hash:
             return None
-        raw = await asyncio.wait_for(
-            self._redis.get(PREFIX + "hash:" + _text(key_hash)), self._timeout
-        )
+        raw = await self.gate.call(self._redis.get, PREFIX + "hash:" + _text(key_hash))
         return _decode(raw) if raw else None
 
     async def list(self) -> list[KeyRecord]:
         """Every stored key record, in id order (three round trips whatever the count)."""
-        ids = sorted(_text(i) for i in await self._call(self._redis.smembers(PREFIX + "ids")))
+        members = await self.gate.call(self._redis.smembers, PREFIX + "ids")
+        ids = sorted(_text(i) for i in members)
         if not ids:
             return []
-        hashes = await self._call(self._redis.mget([PREFIX + "id:" + i for i in ids]))
+        hashes = await self.gate.call(self._redis.mget, [PREFIX + "id:" + i for i in ids])
         present = [_text(h) for h in hashes if h]
-        raws = await self._call(self._redis.mget([PREFIX + "hash:" + h for h in present]))
+        raws = await self.gate.call(self._redis.mget, [PREFIX + "hash:" + h for h in present])
         return [_decode(raw) for raw in raws if raw]
-
-    async def _call(self, command: Awaitable[Any]) -> Any:
-        return await asyncio.wait_for(command, self._timeout)
-
-    async def replace_hash(self, old: KeyRecord, new: KeyRecord) -> None:
-        """Rotation: the same id and settings under a new key; the old key stops working."""
-        await self._write(new, previous=old, old_hash=old.key_hash)
-        self._cache.pop(old.key_hash, None)
 
     async def _write(
         self, record: KeyRecord, *, previous: KeyRecord | None, old_hash: str | None
-    ) -> None:
+    ) -> KeyRecord:
+        if previous is not None:
+            record = msgspec.structs.replace(record, version=previous.version + 1)
         keys = [PREFIX + "hash:" + record.key_hash, PREFIX + "id:" + record.id, PREFIX + "ids",
                 PREFIX + "hash:" + old_hash if old_hash else ""]  # fmt: skip
         args: list[bytes | str] = [
             _encode(record), record.key_hash, record.id,
-            _encode(previous) if previous is not None else b"", old_hash or "",
+            str(previous.version) if previous is not None else "", old_hash or "",
         ]  # fmt: skip
-        written = await asyncio.wait_for(self._save_script(keys=keys, args=args), self._timeout)
+        written = await self.gate.call(self._save_script, keys=keys, args=args)
         if not written:
             raise KeyStoreConflict(record.id)
-        self._cache.pop(record.key_hash, None)
+        self._known.pop(record.key_hash)
+        self._unknown.pop(record.key_hash)
+        return record
+
+
+class _LRU(Generic[V]):
+    """A bounded map of `key -> (value, fetched at)`; past `size` the least recently used
+    entry goes."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, tuple[V, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> tuple[V, float] | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: str, value: V, fetched_at: float) -> None:
+        self._items[key] = (value, fetched_at)
+        self._items.move_to_end(key)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        self._items.pop(key, None)
 
 
 def _text(value: bytes | str) -> str:

@@ -89,6 +89,7 @@ class KeyView(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, str]
     created_at: float
     display: str
+    version: int = 0  # one more on every change (update, revoke, rotate)
 
 
 class CreatedKey(KeyView, frozen=True, kw_only=True):

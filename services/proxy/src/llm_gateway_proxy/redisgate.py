@@ -1,0 +1,167 @@
+"""The one door to Redis: a timeout on every call, one exception of ours for whatever goes wrong,
+and, on the request path, a circuit breaker.
+
+    RedisUnavailable    Redis did not answer within the timeout, could not be reached, refused
+                        the command (OOM, READONLY, CROSSSLOT, LOADING, ...), or the breaker is
+                        open and it was not asked at all. Chained (`from`) to the redis error.
+
+Request-path calls go through `read` or `write`. The first that fails opens the breaker: from
+then on those calls fail at once, without awaiting anything, and a background probe asks Redis
+every `probe_interval` (with the same timeout) until it answers, then closes the breaker. So an
+outage of any length costs the request path one timeout, paid by the requests in flight when it
+began, and never one timeout per request; and no client request is spent as a half-open probe.
+
+A Redis that answers but refuses writes (OOM under `maxmemory` with `noeviction`, READONLY on a
+replica after a failover) opens the breaker for writes only: key lookups still go through. The
+probe writes a small key that expires, so it sees that kind of refusal end too.
+
+Management calls (the API and the CLI answer for themselves, one operator at a time) use `call`:
+the same timeout and the same exception, no breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+log = structlog.get_logger("llm_gateway.proxy")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+PROBE_KEY = "llm-gateway:gate:probe"
+_PROBE_TTL_MS = 60_000
+
+State = Literal["closed", "writes_refused", "open"]
+
+
+class RedisUnavailable(Exception):
+    """Redis could not be used for this call; the message says why (a reason, never data)."""
+
+
+class RedisGate:
+    """Timeouts, error mapping and the request path's circuit breaker, for one Redis client.
+
+    `state`, `failures` (calls that reached Redis and failed) and `rejected` (calls refused at
+    once while the breaker was open) are for /health and metrics."""
+
+    def __init__(
+        self, redis: aioredis.Redis, *, timeout: float, probe_interval: float = 0.5
+    ) -> None:
+        self.redis = redis
+        self.timeout = timeout
+        self.probe_interval = probe_interval
+        self.state: State = "closed"
+        self.failures = 0
+        self.rejected = 0
+        self._down_since = 0.0
+        self._probe: asyncio.Task[None] | None = None
+
+    @property
+    def open(self) -> bool:
+        """True while no request-path call reaches Redis."""
+        return self.state == "open"
+
+    async def read(
+        self, command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """A request-path call that only reads: refused at once only while Redis is away."""
+        if self.state == "open":
+            self.rejected += 1
+            raise RedisUnavailable("redis circuit open")
+        return await self._guarded(False, command, *args, **kwargs)
+
+    async def write(
+        self, command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """A request-path call that writes: refused at once while Redis is away or refuses
+        writes."""
+        if self.state != "closed":
+            self.rejected += 1
+            raise RedisUnavailable(f"redis circuit {self.state.replace('_', ' ')}")
+        return await self._guarded(True, command, *args, **kwargs)
+
+    async def call(
+        self, command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """A management call: bounded and mapped, but never refused by (nor tripping) the
+        breaker."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await command(*args, **kwargs)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisUnavailable(_reason(exc)) from exc
+
+    async def close(self) -> None:
+        """Stop the probe (at shutdown)."""
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
+
+    async def _guarded(
+        self, write: bool, command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await command(*args, **kwargs)
+        except ResponseError as exc:
+            # Redis answered, and refused. A refused write leaves reads alone (OOM, READONLY);
+            # a refused read means reads are refused too.
+            self._trip(exc, "writes_refused" if write else "open")
+            raise RedisUnavailable(_reason(exc)) from exc
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._trip(exc, "open")
+            raise RedisUnavailable(_reason(exc)) from exc
+
+    def _trip(self, exc: BaseException, to: State) -> None:
+        self.failures += 1
+        if self.state in ("open", to):
+            return
+        if self.state == "closed":
+            self._down_since = time.monotonic()
+        self.state = to
+        log.error("redis_circuit_opened", state=to, reason=_reason(exc))
+        if self._probe is None:
+            # A context of its own: the probe must not log with the tripping request's ids.
+            self._probe = asyncio.create_task(
+                self._probing(), name="redis-probe", context=contextvars.Context()
+            )
+
+    async def _probing(self) -> None:
+        try:
+            while self.state != "closed":
+                await asyncio.sleep(self.probe_interval)
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await self.redis.set(PROBE_KEY, b"1", px=_PROBE_TTL_MS)
+                except ResponseError as exc:
+                    if self.state == "open":  # it answers again, but refuses writes
+                        self.state = "writes_refused"
+                        log.warning("redis_circuit_half_closed", state=self.state,
+                                    reason=_reason(exc))  # fmt: skip
+                except (RedisError, OSError, TimeoutError):
+                    pass
+                else:
+                    self.state = "closed"
+                    down = round(time.monotonic() - self._down_since, 3)
+                    log.warning("redis_circuit_closed", down_seconds=down)
+        finally:
+            if self._probe is asyncio.current_task():
+                self._probe = None
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a call failed, fit for logs and error chains: the exception's type and, for a
+    refusal, Redis' error code (`OOM`, `READONLY`, `CROSSSLOT`); never a value or a URL."""
+    if isinstance(exc, ResponseError):
+        code = str(exc).split(" ", 1)[0]
+        return f"{type(exc).__name__} {code}"[:80]
+    return type(exc).__name__
