@@ -3,6 +3,11 @@
     authenticate (key -> record; 401)  ->  tenant (may only narrow; 403)
         ->  model allowed (403)  ->  admitted by its limits (429, or 503 / fail-open)
 
+When Redis cannot answer (see redisgate.py: its breaker makes that cost nothing per request):
+known keys are served from the cache (keystore.py), and admission follows RATE_LIMIT_FAIL_OPEN
+whenever it cannot be decided: the limits script failed, or the tenant's limits are unknown (so
+whether it has any is unknown too). Those 503s carry `Retry-After: 1`.
+
 The key's tenant is authoritative. `X-LLM-Tenant` (or `X-Tenant`) may only narrow it: the same
 tenant, or a sub-tenant below it (`team-a` may send `team-a/search`); anything else is 403.
 """
@@ -22,8 +27,16 @@ from llm_gateway_proxy.errors import (
 from llm_gateway_proxy.keys import KeyRecord, Limits, hash_key, key_from_headers
 from llm_gateway_proxy.keystore import KeyStore, KeyStoreUnavailable
 from llm_gateway_proxy.ratelimit import RateLimiter
+from llm_gateway_proxy.redisgate import RedisGate
 
 log = structlog.get_logger("llm_gateway.proxy")
+
+
+class AccessUnavailable(AuthUnavailable):
+    """A 503 because Redis is away: worth retrying soon."""
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
 
 
 class Access:
@@ -32,6 +45,11 @@ class Access:
         self.limiter = limiter
         self.enabled = enabled
         self._limits_unavailable_logged = False
+
+    @property
+    def redis_gate(self) -> RedisGate:
+        """The request path's Redis breaker (its `state`, `failures`, `rejected`)."""
+        return self.keys.gate
 
     async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> KeyRecord | None:
         """The caller's key record; None when authentication is off (AUTH_MODE=none)."""
@@ -45,7 +63,7 @@ class Access:
         try:
             record = await self.keys.lookup(hash_key(key))
         except KeyStoreUnavailable as exc:
-            raise AuthUnavailable("The gateway cannot check API keys right now.") from exc
+            raise AccessUnavailable("The gateway cannot check API keys right now.") from exc
         if record is None:
             raise AuthenticationFailed("Incorrect API key provided.")
         if not record.usable():
@@ -69,15 +87,13 @@ class Access:
     async def admit(self, record: KeyRecord) -> Limits | None:
         """Count the request against the key's and its tenant's limits; raise if it is over
         one. Returns the tenant's limits (its tokens are charged after the request)."""
-        tenant_limits = await self.keys.tenant_limits(record.tenant)
+        try:
+            tenant_limits = await self.keys.tenant_limits(record.tenant)
+        except KeyStoreUnavailable:
+            return self._undecided(None)
         verdict = await self.limiter.admit(record, tenant_limits)
         if verdict is None:
-            if not self._limits_unavailable_logged:
-                log.error("rate_limits_unavailable", fail_open=self.limiter.fail_open)
-                self._limits_unavailable_logged = True
-            if self.limiter.fail_open:
-                return tenant_limits
-            raise AuthUnavailable("The gateway cannot check rate limits right now.")
+            return self._undecided(tenant_limits)
         self._limits_unavailable_logged = False
         if verdict.allowed:
             return tenant_limits
@@ -97,3 +113,12 @@ class Access:
             limit=verdict.limit or "requests", limit_value=value,
             reset_seconds=verdict.reset_seconds,
         )  # fmt: skip
+
+    def _undecided(self, tenant_limits: Limits | None) -> Limits | None:
+        """Admission could not be decided (Redis is away): RATE_LIMIT_FAIL_OPEN says what to do."""
+        if not self._limits_unavailable_logged:
+            log.error("rate_limits_unavailable", fail_open=self.limiter.fail_open)
+            self._limits_unavailable_logged = True
+        if self.limiter.fail_open:
+            return tenant_limits
+        raise AccessUnavailable("The gateway cannot check rate limits right now.")

@@ -22,7 +22,6 @@ import time
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
 
 from llm_gateway_common.config import ConfigError, Env
 from llm_gateway_common.streams import DEFAULT_REDIS_URL, connect_redis
@@ -38,6 +37,7 @@ from llm_gateway_proxy.manage import (
     rotate_key,
 )
 from llm_gateway_proxy.manage_models import CreateKey
+from llm_gateway_proxy.redisgate import RedisUnavailable
 
 PROG = "llm-gateway-proxy"
 
@@ -65,9 +65,8 @@ def main(argv: list[str]) -> int:
     except GatewayError as exc:
         print(f"{PROG} keys {args.command}: {exc}", file=sys.stderr)
         return 1
-    except (RedisError, OSError) as exc:
-        print(f"{PROG} keys {args.command}: Redis failed: {type(exc).__name__}: {exc}",
-              file=sys.stderr)  # fmt: skip
+    except RedisUnavailable as exc:
+        print(f"{PROG} keys {args.command}: Redis failed: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 import hmac
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from functools import cache
 from typing import Protocol, TypeVar
 
 import msgspec
 import structlog
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -31,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llm_gateway_proxy.errors import (
     AuthenticationFailed,
     GatewayError,
+    HTTPStatusError,
     InvalidJSON,
     InvalidRequest,
     MethodNotAllowed,
@@ -53,6 +53,7 @@ from llm_gateway_proxy.manage_models import (
     openapi_document,
 )
 from llm_gateway_proxy.ratelimit import RateLimiter
+from llm_gateway_proxy.redisgate import RedisUnavailable
 
 log = structlog.get_logger("llm_gateway.proxy")
 
@@ -123,16 +124,12 @@ async def update_key(store: KeyStore, key_id: str, patch: UpdateKey) -> KeyRecor
                if value is not msgspec.UNSET}  # fmt: skip
     if isinstance(patch.limits, LimitsSpec):
         changes["limits"] = patch.limits.applied_to(record.limits)
-    updated = msgspec.structs.replace(record, **changes)
-    await _saved(store.save(updated, previous=record))
-    return updated
+    return await _saved(store.save(msgspec.structs.replace(record, **changes), previous=record))
 
 
 async def revoke_key(store: KeyStore, key_id: str) -> KeyRecord:
     record = await get_key(store, key_id)
-    revoked = msgspec.structs.replace(record, active=False)
-    await _saved(store.save(revoked, previous=record))
-    return revoked
+    return await _saved(store.save(msgspec.structs.replace(record, active=False), previous=record))
 
 
 async def rotate_key(store: KeyStore, key_id: str) -> tuple[KeyRecord, str]:
@@ -140,13 +137,12 @@ async def rotate_key(store: KeyStore, key_id: str) -> tuple[KeyRecord, str]:
     record = await get_key(store, key_id)
     key = new_key()
     rotated = msgspec.structs.replace(record, key_hash=hash_key(key), display=display_form(key))
-    await _saved(store.replace_hash(record, rotated))
-    return rotated, key
+    return await _saved(store.replace_hash(record, rotated)), key
 
 
-async def _saved(write: Awaitable[None]) -> None:
+async def _saved(write: Awaitable[KeyRecord]) -> KeyRecord:
     try:
-        await write
+        return await write
     except KeyStoreConflict as exc:
         raise KeyChanged(
             "The key changed while this request was handled (a concurrent update, revoke or "
@@ -241,8 +237,7 @@ def create_management_app() -> Starlette:
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,
-            RedisError: _store_error,
-            TimeoutError: _store_error,
+            RedisUnavailable: _store_error,
             Exception: _internal_error,
         },
     )
@@ -411,8 +406,8 @@ def _bearer_matches(headers: list[tuple[bytes, bytes]], token: bytes) -> bool:
     return False
 
 
-def _render(error: GatewayError) -> Response:
-    headers = {REQUEST_ID_HEADER: new_request_id()}
+def _render(error: GatewayError, extra: Mapping[str, str] | None = None) -> Response:
+    headers = {**(extra or {}), REQUEST_ID_HEADER: new_request_id()}
     if error.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return Response(error.body(), status_code=error.status, media_type="application/json",
@@ -425,15 +420,22 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    if status == 405:
-        return _render(MethodNotAllowed(f"Method {request.method} is not allowed on "
-                                        f"{request.url.path}."))  # fmt: skip
-    return _render(NotFound(f"Unknown request URL: {request.method} {request.url.path}."))
+    """Starlette's HTTPExceptions, whatever their status, as OpenAI errors with that status (and
+    the headers they carry, such as `Allow` on a 405)."""
+    if not isinstance(exc, HTTPException):
+        return await _internal_error(request, exc)
+    error: GatewayError
+    if exc.status_code == 405:
+        error = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
+    elif exc.status_code == 404:
+        error = NotFound(f"Unknown request URL: {request.method} {request.url.path}.")
+    else:
+        error = HTTPStatusError(str(exc.detail or "") or "Request failed.", status=exc.status_code)
+    return _render(error, exc.headers)
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:
-    log.error("management_store_unavailable", error=type(exc).__name__)
+    log.error("management_store_unavailable", reason=str(exc))
     return _render(StoreUnavailable("The key store (Redis) did not answer; try again."))
 
 

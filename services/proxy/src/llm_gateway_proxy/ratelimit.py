@@ -8,21 +8,22 @@ by the event publisher's batched pipeline (`charges`); so a burst of requests ad
 same instant can overshoot a token limit by what they use, and a stream admitted before a budget
 ran out may finish.
 
-Redis unreachable or slow (past `timeout`): `fail_open` admits the request (and logs it once
-per outage); otherwise the request is refused with 503.
+Redis unreachable, slow (past `timeout`) or refusing the script (OOM, READONLY, ...): the call
+goes through the request path's RedisGate, whose breaker then answers at once for the rest of the
+outage; `fail_open` admits the request (and logs it once per outage); otherwise the request is
+refused with 503.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from llm_gateway_proxy.keys import KeyRecord, Limits
+from llm_gateway_proxy.redisgate import RedisGate, RedisUnavailable
 
 PREFIX = "llm-gateway:limits:"
 _WINDOW_TTL = 120  # a minute's counters outlive their minute, for late charges and reads
@@ -79,9 +80,12 @@ class Charge(NamedTuple):
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis, *, timeout: float, fail_open: bool) -> None:
+    def __init__(self, redis: aioredis.Redis, *, timeout: float, fail_open: bool,
+                 gate: RedisGate | None = None) -> None:  # fmt: skip
+        """`gate` is the request path's RedisGate (shared with the KeyStore); without one the
+        limiter makes its own with `timeout`."""
         self._redis = redis
-        self._timeout = timeout
+        self.gate = gate if gate is not None else RedisGate(redis, timeout=timeout)
         self._fail_open = fail_open
         self._script: Any = redis.register_script(_ADMIT)
         self.unavailable = 0
@@ -96,8 +100,8 @@ class RateLimiter:
                 *_counter_keys(f"tenant:{record.tenant}", tenant_limits, minute)]  # fmt: skip
         args = [*_limit_args(record.limits), *_limit_args(tenant_limits), _WINDOW_TTL]
         try:
-            code, used = await asyncio.wait_for(self._script(keys=keys, args=args), self._timeout)
-        except (RedisError, OSError, TimeoutError):
+            code, used = await self.gate.write(self._script, keys=keys, args=args)
+        except RedisUnavailable:
             self.unavailable += 1
             return None
         code = int(code)
@@ -130,7 +134,7 @@ class RateLimiter:
     async def usage(self, record: KeyRecord) -> dict[str, int | str]:
         """What the key used: this minute's requests and tokens, and its budget period's tokens."""
         keys = _counter_keys(f"key:{record.id}", record.limits, int(time.time() // 60))
-        values = await asyncio.wait_for(self._redis.mget(keys), self._timeout)
+        values = await self.gate.call(self._redis.mget, keys)
         requests, tokens, budget = (int(v) if v else 0 for v in values)
         return {
             "requests_this_minute": requests,
