@@ -6,9 +6,11 @@ from __future__ import annotations
 import itertools
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from llm_gateway_proxy import streaming
 from llm_gateway_proxy.streaming import SSETap
 from llm_gateway_proxy.usage import Usage
 
@@ -106,3 +108,83 @@ def test_error_event_is_noticed() -> None:
     tap = SSETap(strip_usage_chunk=False)
     tap.feed(chunk({"error": {"message": "overloaded", "type": "server_error"}}))
     assert tap.errored
+
+
+# --- the fast path: only events that may say something are parsed ---------------------------
+
+
+def openai_stream(words: int, *, spaced: bool = False) -> tuple[list[bytes], bytes]:
+    """A token-by-token chat stream as OpenAI frames it when `include_usage` is on (`"usage":null`
+    in every chunk; `spaced`: `"usage": null`, as Python-served providers write it), one event
+    per item, and the same stream as the client should get it without the usage-only chunk."""
+    base = {"id": "c2", "object": "chat.completion.chunk", "model": "gpt-4o-2024-08-06"}
+    body = [chunk({**base, "choices": [{"index": 0, "delta": {"content": f"w{i} "}}],
+                   "usage": None}) for i in range(words)]  # fmt: skip
+    if spaced:
+        body = [event.replace(b'"usage":null', b'"usage": null') for event in body]
+    usage_chunk = chunk({**base, "choices": [], "usage": USAGE})
+    done = b"data: [DONE]\n\n"
+    return [*body, usage_chunk, done], b"".join(body) + done
+
+
+def count_parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Record every event the tap parses."""
+    parsed: list[bytes] = []
+    real = streaming._data_payload
+
+    def recording(event: bytes) -> object:
+        parsed.append(event)
+        return real(event)
+
+    monkeypatch.setattr(streaming, "_data_payload", recording)
+    return parsed
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+def test_null_usage_chunks_are_not_parsed(monkeypatch: pytest.MonkeyPatch, spaced: bool) -> None:
+    events, stripped = openai_stream(200, spaced=spaced)
+    parsed = count_parses(monkeypatch)
+    tap = SSETap(strip_usage_chunk=True)
+    assert run(tap, events) == stripped
+    assert parsed == [events[0], events[-2]]  # the first (model) and the usage chunk
+    assert tap.usage is not None and tap.usage.total == 14
+    assert (tap.response_model, tap.events) == ("gpt-4o-2024-08-06", 202)
+
+
+def test_an_error_anywhere_in_an_event_is_noticed_after_the_model_is_known() -> None:
+    events, _ = openai_stream(3)
+    failure = chunk({"id": "c2", "error": {"message": "overloaded", "type": "server_error"}})
+    tap = SSETap(strip_usage_chunk=False)
+    assert run(tap, [*events[:3], failure]) == b"".join(events[:3]) + failure
+    assert tap.errored
+
+
+def test_usage_as_a_word_in_the_text_costs_a_parse_and_changes_nothing() -> None:
+    base = {"id": "c3", "model": "m", "usage": None}
+    text = [chunk({**base, "choices": [{"delta": {"content": w}}]}) for w in ("usage", '"usage"')]
+    tap = SSETap(strip_usage_chunk=True)
+    assert run(tap, text) == b"".join(text)
+    assert tap.usage is None
+
+
+def mixed_stream() -> tuple[bytes, bytes]:
+    """Compact and spaced nulls, a comment, CR-free framing, usage at the end."""
+    events, _ = openai_stream(12)
+    spaced, _ = openai_stream(12, spaced=True)
+    comment = b": keep-alive\n\n"
+    body = [*events[:6], comment, *spaced[6:12]]
+    full = b"".join([*body, events[-2], events[-1]])
+    return full, b"".join([*body, events[-1]])
+
+
+@given(st.lists(st.integers(min_value=0, max_value=100_000), max_size=40))
+def test_fast_path_gives_the_same_bytes_usage_and_model_for_any_split(cuts: list[int]) -> None:
+    full, stripped = mixed_stream()
+    for strip, expected in ((True, stripped), (False, full)):
+        whole = SSETap(strip_usage_chunk=strip)  # one piece: every event parsed
+        assert run(whole, [full]) == expected
+        tap = SSETap(strip_usage_chunk=strip)
+        assert run(tap, split(full, cuts)) == expected
+        assert (tap.usage, tap.response_model, tap.errored, tap.events) == (
+            whole.usage, whole.response_model, whole.errored, whole.events)  # fmt: skip
+        assert tap.usage is not None and tap.usage.total == 14
