@@ -7,7 +7,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from llm_gateway_fakes.openai import FakeOpenAI
-from tests.conftest import UPSTREAM_KEY
+from tests.conftest import UPSTREAM_KEY, ProxyFactory
 from tests.support.events import event_for
 from tests.support.services import ProxyProcess
 
@@ -25,7 +25,20 @@ async def test_client_key_is_replaced_by_the_upstream_key(
     assert received.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     lowered = {k.lower() for k in received.headers}
     assert "x-api-key" not in lowered and "x-llm-tenant" not in lowered
-    assert received.headers["openai-organization"] == "org-1"
+    # Headers that pick another account or project at the provider are not the client's to set.
+    assert "openai-organization" not in lowered
+
+
+async def test_account_headers_are_forwarded_only_when_configured(
+    proxy_factory: ProxyFactory, upstream: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    proxy = proxy_factory(FORWARD_ACCOUNT_HEADERS="OpenAI-Project")
+    headers = {"OpenAI-Organization": "org-1", "OpenAI-Project": "proj-1"}
+    async with http.post(f"{proxy.base_url}/v1/chat/completions", json=CHAT, headers=headers) as r:
+        assert r.status == 200
+    received = {k.lower(): v for k, v in upstream.received[-1].headers.items()}
+    assert received.get("openai-project") == "proj-1"
+    assert "openai-organization" not in received
 
 
 async def test_non_streaming_body_is_forwarded_byte_for_byte(

@@ -1,8 +1,11 @@
 """The OpenAI APIs the gateway understands: how each request is validated and metered.
 
-Validation is deliberately shallow: it rejects what the upstream would reject for certain (bad
-JSON, a missing or mistyped `model`, a non-list `messages`) so that malformed requests never
-leave the gateway, and lets every field it does not know pass through untouched.
+The rule: the body must be valid JSON (UTF-8, a JSON object); the fields the gateway knows are
+validated for type, as the provider would (`model`, `messages`, `max_tokens`, `n`, `tools`,
+`stream`, ...), so a request the provider would refuse for certain never leaves the gateway;
+fields it does not know pass through untouched (as valid JSON: providers add fields often, and
+OpenAI-compatible servers take extras such as vLLM's sampling parameters). Values the provider
+checks against its own state (model names, token limits, tool schemas) are left to it.
 """
 
 from __future__ import annotations
@@ -12,8 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import orjson
 
 from llm_gateway_proxy.errors import InvalidJSON, InvalidRequest, MissingParameter
+
+Unset = msgspec.UnsetType
+UNSET = msgspec.UNSET
+JSONObject = dict[str, Any]
 
 
 class StreamOptions(msgspec.Struct):
@@ -23,28 +31,64 @@ class StreamOptions(msgspec.Struct):
 class ChatMessage(msgspec.Struct):
     role: str
     content: Any = None
+    name: str | None = None
+    tool_calls: list[JSONObject] | None = None
+    tool_call_id: str | None = None
 
 
 class ChatRequest(msgspec.Struct):
     model: str
     messages: list[ChatMessage]
     stream: bool | None = None
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | Unset | None = UNSET
     user: str | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    tools: list[JSONObject] | None = None
+    tool_choice: str | JSONObject | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: JSONObject | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
 
 
 class CompletionRequest(msgspec.Struct):
     model: str
     prompt: Any = None
     stream: bool | None = None
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | Unset | None = UNSET
     user: str | None = None
+    max_tokens: int | None = None
+    n: int | None = None
+    best_of: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    echo: bool | None = None
+    logprobs: int | None = None
+    suffix: str | None = None
+    logit_bias: dict[str, float] | None = None
 
 
 class EmbeddingRequest(msgspec.Struct):
     model: str
     input: str | list[Any]
     user: str | None = None
+    dimensions: int | None = None
+    encoding_format: str | None = None
 
 
 class ResponsesRequest(msgspec.Struct):
@@ -52,6 +96,18 @@ class ResponsesRequest(msgspec.Struct):
     input: Any = None
     stream: bool | None = None
     user: str | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[JSONObject] | None = None
+    tool_choice: str | JSONObject | None = None
+    parallel_tool_calls: bool | None = None
+    previous_response_id: str | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    text: JSONObject | None = None
+    reasoning: JSONObject | None = None
 
 
 ParsedRequest = ChatRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest
@@ -73,12 +129,19 @@ class Api:
 
     def parse(self, body: bytes) -> ParsedRequest:
         """Validate a request body; raises an InvalidRequest naming the offending `param`."""
+        if not body.isascii():  # msgspec skips unknown fields without checking their UTF-8
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidJSON(_NOT_UTF8) from exc
         try:
             parsed: ParsedRequest = self.decoder.decode(body)
         except msgspec.ValidationError as exc:
             raise _validation_error(str(exc)) from exc
         except msgspec.DecodeError as exc:
             raise InvalidJSON(f"We could not parse the JSON body of your request: {exc}") from exc
+        except RecursionError as exc:
+            raise InvalidJSON(_TOO_DEEP) from exc
         return parsed
 
 
@@ -86,6 +149,10 @@ CHAT = Api.define("/v1/chat/completions", ChatRequest, usage_on_request=True)
 COMPLETIONS = Api.define("/v1/completions", CompletionRequest, usage_on_request=True)
 EMBEDDINGS = Api.define("/v1/embeddings", EmbeddingRequest, usage_on_request=False)
 RESPONSES = Api.define("/v1/responses", ResponsesRequest, usage_on_request=False)
+
+_NOT_UTF8 = "We could not parse the JSON body of your request: it is not valid UTF-8."
+_TOO_DEEP = "We could not parse the JSON body of your request: it is nested too deeply."
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 
 _MISSING = re.compile(
     r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$(?P<at>[^`]*)`)?"
@@ -121,4 +188,81 @@ def wants_stream(request: ParsedRequest) -> bool:
 
 def client_asked_for_usage(request: ParsedRequest) -> bool:
     options = getattr(request, "stream_options", None)
-    return bool(options is not None and options.include_usage)
+    return isinstance(options, StreamOptions) and bool(options.include_usage)
+
+
+def with_usage_requested(body: bytes, request: ParsedRequest) -> bytes:
+    """The body with `stream_options.include_usage` set, everything else as the client sent it.
+
+    Without `stream_options` in the body (the usual case) the member is spliced in after the
+    opening brace, so the client's bytes are never re-serialised (no number or nesting limit of
+    a JSON library can turn a valid request into a 500). With one, the body is re-encoded once,
+    and what cannot be re-encoded exactly is refused with a 400."""
+    if getattr(request, "stream_options", UNSET) is UNSET:
+        brace = body.index(b"{")  # the body decoded as an object: the first `{` opens it
+        return body[: brace + 1] + _INCLUDE_USAGE + body[brace + 1 :]
+    try:
+        payload = orjson.loads(body)
+        options = payload.get("stream_options")
+        payload["stream_options"] = {**(options or {}), "include_usage": True}
+        return orjson.dumps(payload)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError) as exc:
+        raise InvalidJSON(
+            f"We could not parse the JSON body of your request: {exc}", param="stream_options"
+        ) from exc
+
+
+class _ModelField(msgspec.Struct):
+    model: str | None = None
+
+
+_model_field = msgspec.json.Decoder(_ModelField)
+_BOUNDARY = re.compile(rb'boundary=(?:"([^"]{1,70})"|([^\s;"]{1,70}))', re.I)
+_MODEL_PART = re.compile(rb'^content-disposition:[ \t]*form-data;[ \t]*name="?model"?[ \t]*(?:;|$)',
+                         re.I | re.M)  # fmt: skip
+_MAX_MODEL_NAME = 256
+
+
+def passthrough_model(body: bytes, content_type: bytes) -> str | None:
+    """The `model` a pass-through request names (a JSON body, or a multipart form field as the
+    images and audio APIs take), or None. A body that names it ambiguously is refused."""
+    if not body:
+        return None
+    media = content_type.split(b";", 1)[0].strip().lower()
+    if media == b"application/json":
+        if not body.isascii():
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidJSON(_NOT_UTF8) from exc
+        try:
+            return _model_field.decode(body).model
+        except msgspec.ValidationError as exc:
+            raise _validation_error(str(exc)) from exc
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise InvalidJSON(f"We could not parse the JSON body of your request: {exc}") from exc
+    if media == b"multipart/form-data":
+        return _form_model(body, content_type)
+    return None
+
+
+def _form_model(body: bytes, content_type: bytes) -> str | None:
+    """The value of the `model` part of a multipart/form-data body (RFC 7578)."""
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        raise InvalidRequest("Invalid request body: multipart form without a boundary.")
+    delimiter = b"--" + (found[1] or found[2])
+    models = []
+    for part in body.split(delimiter)[1:]:
+        head, sep, value = part.partition(b"\r\n\r\n")
+        if sep and _MODEL_PART.search(head):
+            models.append(value.removesuffix(b"\r\n"))
+    if not models:
+        return None
+    if len(models) > 1 or len(models[0]) > _MAX_MODEL_NAME:
+        raise InvalidRequest("Invalid value for 'model': one model field, at most 256 bytes.",
+                             param="model")  # fmt: skip
+    try:
+        return models[0].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("Invalid value for 'model': not valid UTF-8.", param="model") from exc

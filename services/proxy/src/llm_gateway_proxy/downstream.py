@@ -23,7 +23,7 @@ class ClientDisconnected(Exception):
 
 
 class Downstream:
-    __slots__ = ("_receive", "_send", "_watcher", "gone", "sent_bytes", "started")
+    __slots__ = ("_receive", "_send", "_watcher", "event_stream", "gone", "sent_bytes", "started")
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
@@ -31,6 +31,7 @@ class Downstream:
         self._watcher: asyncio.Task[None] | None = None
         self.gone = False
         self.started = False
+        self.event_stream = False
         self.sent_bytes = 0
 
     async def read_body(self, limit: int, headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -74,8 +75,11 @@ class Downstream:
             self._watcher.cancel()
             self._watcher = None
 
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    async def start(
+        self, status: int, headers: list[tuple[bytes, bytes]], *, event_stream: bool = False
+    ) -> None:
         self.started = True
+        self.event_stream = event_stream
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def body(self, data: bytes, *, more: bool) -> None:
@@ -83,10 +87,15 @@ class Downstream:
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def error(self, err: GatewayError, extra_headers: list[tuple[bytes, bytes]]) -> None:
-        """Answer with the OpenAI error JSON; if a stream already started, as a final SSE event."""
+        """Answer with the OpenAI error JSON. Once a response has started, it can no longer be
+        a clean answer: an event stream ends with a final `data: {"error": ...}` event (after a
+        blank line, which closes whatever event was cut off); any other body is left unfinished,
+        so the server drops the connection and the client sees an incomplete body (no final
+        chunk, or fewer bytes than declared), never a complete-looking one."""
         payload = err.body()
         if self.started:
-            await self.body(b"data: " + payload + b"\n\n", more=False)
+            if self.event_stream:
+                await self.body(b"\n\ndata: " + payload + b"\n\n", more=False)
             return
         headers = [
             (b"content-type", b"application/json"),

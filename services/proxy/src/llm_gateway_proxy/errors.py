@@ -1,7 +1,8 @@
 """Errors the gateway itself produces, and their one rendering as OpenAI error JSON.
 
     GatewayError                      500 api_error
-    ├── InvalidRequest                400 invalid_request_error  (bad JSON, missing model, ...)
+    ├── InvalidRequest                400 invalid_request_error  (bad JSON, path, missing model...)
+    ├── HTTPStatusError               any other status Starlette raises (408, 411, 415, ...)
     ├── AuthenticationFailed          401 authentication_error
     ├── PermissionDenied              403 permission_error        (model or tenant not allowed)
     ├── RateLimited                   429 rate_limit_error        (with Retry-After, x-ratelimit-*)
@@ -10,7 +11,10 @@
     ├── MethodNotAllowed              405 invalid_request_error
     ├── RequestTooLarge               413 invalid_request_error
     ├── ShuttingDown                  503 api_error
+    ├── Overloaded                    503 api_error               (MAX_IN_FLIGHT, with Retry-After)
+    ├── RequestTimeout                408 invalid_request_error   (body not sent in time)
     ├── UpstreamUnreachable           502 api_error
+    │   └── UpstreamIncomplete        502 api_error  (the body was cut off mid-way)
     └── UpstreamTimeout               504 api_error
 
 Status, type, code and the event's `outcome` (`gateway_error`, or `upstream_error` when the
@@ -68,6 +72,14 @@ class InvalidJSON(InvalidRequest):
 
 class MissingParameter(InvalidRequest):
     code = "missing_required_parameter"
+
+
+class InvalidPath(InvalidRequest):
+    code = "invalid_path"
+
+
+class HeaderNotAllowed(InvalidRequest):
+    code = "invalid_header"
 
 
 class AuthenticationFailed(GatewayError):
@@ -146,6 +158,21 @@ class ShuttingDown(GatewayError):
     code = "shutting_down"
 
 
+class Overloaded(GatewayError):
+    status = 503
+    type = "api_error"
+    code = "overloaded"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class UpstreamUnreachable(GatewayError):
     status = 502
     type = "api_error"
@@ -153,8 +180,22 @@ class UpstreamUnreachable(GatewayError):
     outcome = "upstream_error"
 
 
+class UpstreamIncomplete(UpstreamUnreachable):
+    code = "upstream_incomplete"
+
+
 class UpstreamTimeout(GatewayError):
     status = 504
     type = "api_error"
     code = "upstream_timeout"
     outcome = "upstream_error"
+
+
+class HTTPStatusError(GatewayError):
+    """A status the web framework decided (Starlette's HTTPException), rendered like ours."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status  # type: ignore[misc]
+        self.type = "invalid_request_error" if status < 500 else "api_error"  # type: ignore[misc]
+        self.code = f"http_{status}"  # type: ignore[misc]

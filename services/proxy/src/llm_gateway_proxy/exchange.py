@@ -17,6 +17,7 @@ from llm_gateway_proxy.usage import Usage, estimate_tokens
 REQUEST_ID_HEADER = "X-LLM-Request-ID"
 MAX_HEADER_ID = 256
 _ESTIMABLE = frozenset({"ok", "client_disconnected"})
+_KEEP_BODY_BYTES = 64 * 1024
 
 
 class Exchange:
@@ -36,6 +37,7 @@ class Exchange:
         "method",
         "model",
         "outcome",
+        "prompt_estimate",
         "provider",
         "request_body",
         "request_bytes",
@@ -102,10 +104,25 @@ class Exchange:
         self.usage: Usage | None = None
         self.completion_estimate: int | None = None
         self.request_body = b""
+        self.prompt_estimate: int | None = None
         self.request_bytes = 0
         self.response_bytes = 0
         self.captured_request: bytes | None = None
         self.captured_response: bytes | None = None
+
+    def keep_request(self, body: bytes, capture_bytes: int) -> None:
+        """Note the request body: its size, its capture, and what an estimate of its tokens
+        needs. A small body is kept for the estimate (made only if the provider reports no
+        usage); a large one is estimated now and not held for the life of the request."""
+        self.request_bytes = len(body)
+        if capture_bytes:
+            self.captured_request = body[: capture_bytes + 1]
+        if not self.metered:
+            return
+        if len(body) <= _KEEP_BODY_BYTES:
+            self.request_body = body
+        else:
+            self.prompt_estimate = estimate_tokens(body)
 
     def mark_first_byte(self) -> None:
         if self.ttfb is None:
@@ -124,7 +141,9 @@ class Exchange:
             return self.usage, "provider"
         if not (self.metered and self.upstream_called and self.outcome in _ESTIMABLE):
             return Usage(), "none"
-        prompt = estimate_tokens(self.request_body)
+        prompt = self.prompt_estimate
+        if prompt is None:
+            prompt = estimate_tokens(self.request_body)
         completion = self.completion_estimate or 0
         return Usage(prompt, completion, prompt + completion), "estimated"
 

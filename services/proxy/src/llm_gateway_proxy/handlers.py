@@ -1,6 +1,7 @@
-"""The proxy's request handler: one ASGI callable per OpenAI API, and one generic pass-through.
+"""The proxy's request handler: one ASGI callable for every `/v1/*` request.
 
-Every request reads top to bottom: read the body -> validate -> forward -> relay -> meter.
+Every request reads top to bottom: resolve the path -> authenticate -> read the body ->
+validate -> authorize and admit -> forward -> relay -> meter.
 Whatever happens (bad input, upstream failure, client disconnect), the request produces exactly
 one usage event and one log line, in `__call__`'s `finally`.
 """
@@ -15,11 +16,19 @@ import aiohttp
 import orjson
 import structlog
 
-from llm_gateway_proxy.apis import Api, client_asked_for_usage, wants_stream
+from llm_gateway_proxy.apis import (
+    Api,
+    client_asked_for_usage,
+    passthrough_model,
+    wants_stream,
+    with_usage_requested,
+)
 from llm_gateway_proxy.downstream import ClientDisconnected, Downstream, Receive, Send
-from llm_gateway_proxy.errors import GatewayError, MissingParameter
+from llm_gateway_proxy.errors import GatewayError, MissingParameter, ModelNotAllowed, NotFound
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.gateway import Gateway
+from llm_gateway_proxy.keys import KeyRecord
+from llm_gateway_proxy.paths import PathTable, Target
 from llm_gateway_proxy.streaming import SSETap
 from llm_gateway_proxy.upstream import (
     is_event_stream,
@@ -35,26 +44,30 @@ Scope = MutableMapping[str, Any]
 _SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _SSE_REPLACED = frozenset({b"cache-control", b"x-accel-buffering"})
 _CLIENT_CLOSED = 499  # nginx's "client closed request"; no response status was sent
+_MAX_ENDPOINT = 256  # an unknown path is recorded cut to this length
+_USAGE_REPORT_BYTES = 1 << 20  # pass-through JSON answers up to this size are read for usage
 
 log = structlog.get_logger("llm_gateway.proxy")
 
 
 class ProxyHandler:
-    """Serves one OpenAI API (`api`), or, with `api=None`, any other `/v1/*` path untouched."""
+    """Serves every `/v1/*` request: the path (already canonical, `paths.py`) picks an API we
+    meter or an allowed pass-through; anything else is 404 once the caller is authenticated."""
 
-    def __init__(self, api: Api | None) -> None:
-        self.api = api
+    def __init__(self, paths: PathTable) -> None:
+        self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway: Gateway = scope["state"]["gateway"]
-        endpoint = self.api.path if self.api is not None else scope["path"]
+        target = self.paths.resolve(scope["method"], scope["path"])
+        endpoint = target.endpoint if target is not None else scope["path"][:_MAX_ENDPOINT]
         exchange = Exchange(
             gateway.ids.pair(), scope["headers"], endpoint, scope["method"],
-            gateway.settings.provider, metered=self.api is not None,
+            gateway.settings.provider, metered=target is not None and target.api is not None,
         )  # fmt: skip
         downstream = Downstream(receive, send)
         try:
-            await self._serve(gateway, scope, exchange, downstream)
+            await self._serve(gateway, scope, target, exchange, downstream)
         except asyncio.CancelledError:
             if not downstream.gone:
                 raise
@@ -69,32 +82,25 @@ class ProxyHandler:
             gateway.record(exchange)
 
     async def _serve(
-        self, gateway: Gateway, scope: Scope, exchange: Exchange, downstream: Downstream
+        self,
+        gateway: Gateway,
+        scope: Scope,
+        target: Target | None,
+        exchange: Exchange,
+        downstream: Downstream,
     ) -> None:
         id_header = [(b"x-llm-request-id", exchange.request_id.encode())]
-        access = gateway.access
         try:
-            key = await access.authenticate(scope["headers"])
+            key = await gateway.access.authenticate(scope["headers"])
             if key is not None:
                 exchange.key = key
-                exchange.tenant = access.tenant(key, exchange.requested_tenant)
-            body = await downstream.read_body(
-                gateway.settings.max_request_body_bytes, scope["headers"]
-            )
-            forward_body = self._prepare(body, exchange, gateway.settings.metering_capture_bytes)
-            if key is not None:
-                access.authorize_model(key, exchange.model)
-                exchange.tenant_limits = await access.admit(key)
-            downstream.watch_disconnect()
-            upstream = gateway.upstream
-            response = await upstream.send(
-                scope["method"],
-                upstream.url(scope["path"], scope["query_string"]),
-                upstream.headers(scope["headers"]),
-                forward_body,
-            )
+                exchange.tenant = gateway.access.tenant(key, exchange.requested_tenant)
+            if target is None:
+                raise NotFound(f"Unknown request URL: {scope['method']} {exchange.endpoint}.")
+            response = await self._forward(gateway, scope, target, exchange, downstream, key=key)
             exchange.upstream_called = True
-            await self._relay(response, exchange, downstream, id_header, gateway)
+            await _relay(response, target.api, exchange, downstream, id_header=id_header,
+                         capture_bytes=gateway.settings.metering_capture_bytes)  # fmt: skip
         except GatewayError as err:
             await _answer_error(err, exchange, downstream, id_header)
         except ClientDisconnected:
@@ -104,93 +110,114 @@ class ProxyHandler:
             internal = GatewayError(f"The gateway failed the request ({type(exc).__name__}).")
             await _answer_error(internal, exchange, downstream, id_header)
 
-    def _prepare(self, body: bytes, exchange: Exchange, capture_bytes: int) -> bytes:
-        """Validate the body and return what to send upstream (with usage asked for, if needed)."""
-        exchange.request_bytes = len(body)
-        exchange.request_body = body
-        if capture_bytes:
-            exchange.captured_request = body[: capture_bytes + 1]
-        if self.api is None:
-            return body
-        request = self.api.parse(body)
-        if not request.model:
-            raise MissingParameter("Missing required parameter: 'model'.", param="model")
-        exchange.model = request.model
-        exchange.user = request.user
-        exchange.stream = wants_stream(request)
-        if not (exchange.stream and self.api.usage_on_request):
-            return body
-        if client_asked_for_usage(request):
-            return body
-        exchange.strip_usage_chunk = True
-        payload = orjson.loads(body)
-        options = payload.get("stream_options")
-        payload["stream_options"] = {**(options or {}), "include_usage": True}
-        return orjson.dumps(payload)
-
-    async def _relay(
+    async def _forward(
         self,
-        response: aiohttp.ClientResponse,
-        exchange: Exchange,
-        downstream: Downstream,
-        id_header: list[tuple[bytes, bytes]],
         gateway: Gateway,
-    ) -> None:
-        """Pass the upstream's answer to the client, noting usage on the way; always closes it."""
-        exchange.status = response.status
-        exchange.upstream_request_id = response.headers.get("x-request-id")
-        headers = response_headers(response)
-        headers.extend(id_header)
-        capture_bytes = gateway.settings.metering_capture_bytes
-        completed = False
-        try:
-            if is_event_stream(response):
-                await self._relay_stream(response, exchange, downstream, headers, capture_bytes)
-            elif self.api is None:
-                await _relay_chunks(response, exchange, downstream, headers)
-            else:
-                await _relay_body(response, exchange, downstream, headers, capture_bytes)
-            completed = True
-        finally:
-            if completed:
-                response.release()
-            else:
-                response.close()  # drop the connection: the provider stops generating
-
-    async def _relay_stream(
-        self,
-        response: aiohttp.ClientResponse,
+        scope: Scope,
+        target: Target,
         exchange: Exchange,
         downstream: Downstream,
-        headers: list[tuple[bytes, bytes]],
-        capture_bytes: int,
-    ) -> None:
-        tap = SSETap(strip_usage_chunk=exchange.strip_usage_chunk)
-        headers = [h for h in headers if h[0] not in _SSE_REPLACED]
-        headers.extend(_SSE_HEADERS)
-        captured = bytearray()
-        await downstream.start(response.status, headers)
-        try:
-            with map_exceptions():
-                async for chunk in response.content.iter_any():
-                    if capture_bytes and len(captured) <= capture_bytes:
-                        captured += chunk[: capture_bytes + 1 - len(captured)]
-                    forward = tap.feed(chunk)
-                    if forward:
-                        exchange.mark_first_byte()
-                        await downstream.body(forward, more=True)
-            await downstream.body(tap.flush(), more=False)
-        finally:
-            exchange.usage = tap.usage
-            exchange.response_model = tap.response_model
-            exchange.completion_estimate = tap.events
-            exchange.response_bytes = downstream.sent_bytes
-            if capture_bytes:
-                exchange.captured_response = bytes(captured)
-            if tap.errored:
-                exchange.fail("upstream_error", "stream_error")
-        if response.status >= 400:
-            exchange.fail("upstream_error", f"http_{response.status}")
+        *,
+        key: KeyRecord | None,
+    ) -> aiohttp.ClientResponse:
+        """Read and check the request, admit it, send it; returns once the answer's headers are
+        in. The body lives only as long as this call (the exchange keeps what metering needs)."""
+        settings = gateway.settings
+        upstream = gateway.upstream
+        url = upstream.url(target.forward_path, scope["query_string"])
+        headers = upstream.headers(scope["headers"])
+        body = await downstream.read_body(settings.max_request_body_bytes, scope["headers"])
+        exchange.keep_request(body, settings.metering_capture_bytes)
+        if target.api is not None:
+            body = _prepare(target.api, body, exchange)
+        else:
+            exchange.model = passthrough_model(body, _header(scope["headers"], b"content-type"))
+        if key is not None:
+            gateway.access.authorize_model(key, exchange.model)
+            if exchange.model is None and target.runs_a_model(scope["method"]):
+                _require_named_model(key)
+            exchange.tenant_limits = await gateway.access.admit(key)
+        downstream.watch_disconnect()
+        return await upstream.send(scope["method"], url, headers, body)
+
+
+def _prepare(api: Api, body: bytes, exchange: Exchange) -> bytes:
+    """Validate a metered API's body; return what to send (with usage asked for, if needed)."""
+    request = api.parse(body)
+    if not request.model:
+        raise MissingParameter("Missing required parameter: 'model'.", param="model")
+    exchange.model = request.model
+    exchange.user = request.user
+    exchange.stream = wants_stream(request)
+    if not (exchange.stream and api.usage_on_request) or client_asked_for_usage(request):
+        return body
+    exchange.strip_usage_chunk = True
+    return with_usage_requested(body, request)
+
+
+async def _relay(
+    response: aiohttp.ClientResponse,
+    api: Api | None,
+    exchange: Exchange,
+    downstream: Downstream,
+    *,
+    id_header: list[tuple[bytes, bytes]],
+    capture_bytes: int,
+) -> None:
+    """Pass the upstream's answer to the client, noting usage on the way; always closes it."""
+    exchange.status = response.status
+    exchange.upstream_request_id = response.headers.get("x-request-id")
+    headers = response_headers(response)
+    headers.extend(id_header)
+    completed = False
+    try:
+        if is_event_stream(response):
+            await _relay_stream(response, exchange, downstream, headers, capture_bytes)
+        elif api is None:
+            await _relay_chunks(response, exchange, downstream, headers)
+        else:
+            await _relay_body(response, exchange, downstream, headers, capture_bytes)
+        completed = True
+    finally:
+        if completed:
+            response.release()
+        else:
+            response.close()  # drop the connection: the provider stops generating
+
+
+async def _relay_stream(
+    response: aiohttp.ClientResponse,
+    exchange: Exchange,
+    downstream: Downstream,
+    headers: list[tuple[bytes, bytes]],
+    capture_bytes: int,
+) -> None:
+    tap = SSETap(strip_usage_chunk=exchange.strip_usage_chunk)
+    headers = [h for h in headers if h[0] not in _SSE_REPLACED]
+    headers.extend(_SSE_HEADERS)
+    captured = bytearray()
+    await downstream.start(response.status, headers, event_stream=True)
+    try:
+        with map_exceptions():
+            async for chunk in response.content.iter_any():
+                if capture_bytes and len(captured) <= capture_bytes:
+                    captured += chunk[: capture_bytes + 1 - len(captured)]
+                forward = tap.feed(chunk)
+                if forward:
+                    exchange.mark_first_byte()
+                    await downstream.body(forward, more=True)
+        await downstream.body(tap.flush(), more=False)
+    finally:
+        exchange.usage = tap.usage
+        exchange.response_model = tap.response_model
+        exchange.completion_estimate = tap.events
+        exchange.response_bytes = downstream.sent_bytes
+        if capture_bytes:
+            exchange.captured_response = bytes(captured)
+        if tap.errored:
+            exchange.fail("upstream_error", "stream_error")
+    if response.status >= 400:
+        exchange.fail("upstream_error", f"http_{response.status}")
 
 
 async def _answer_error(
@@ -237,16 +264,27 @@ async def _relay_chunks(
     downstream: Downstream,
     headers: list[tuple[bytes, bytes]],
 ) -> None:
-    """Any other answer (pass-through paths): streamed on as it arrives, never held whole."""
+    """Any other answer (pass-through paths): streamed on as it arrives, never held whole. A
+    JSON answer small enough to be a usage report (images, audio) is also read for its usage."""
     await downstream.start(response.status, headers)
     exchange.mark_first_byte()
+    tee: bytearray | None = bytearray() if response.content_type == "application/json" else None
     with map_exceptions():
         async for chunk in response.content.iter_any():
+            if tee is not None:
+                if len(tee) + len(chunk) <= _USAGE_REPORT_BYTES:
+                    tee += chunk
+                else:
+                    tee = None
             await downstream.body(chunk, more=True)
     await downstream.body(b"", more=False)
     exchange.response_bytes = downstream.sent_bytes
     if response.status >= 400:
         exchange.fail("upstream_error", f"http_{response.status}")
+    elif tee:
+        payload = _json(bytes(tee))
+        exchange.usage = usage_from_payload(payload)
+        exchange.response_model = model_from_payload(payload)
 
 
 def _json(raw: bytes) -> Any:
@@ -254,6 +292,22 @@ def _json(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+
+
+def _require_named_model(key: KeyRecord) -> None:
+    """A key limited to some models may not run one the request does not name."""
+    if "*" not in key.models:
+        raise ModelNotAllowed(
+            "This API key may only use named models; this request does not name one.",
+            param="model",
+        )
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
+    for key, value in headers:
+        if key == name:
+            return value
+    return b""
 
 
 def _upstream_error_type(payload: Any, status: int) -> str:

@@ -1,18 +1,31 @@
 """The one pooled, keep-alive HTTP client to the provider, and the headers that cross it.
 
 aiohttp's exceptions are translated here, at the boundary, into the gateway's own:
-connect failures and dropped connections become UpstreamUnreachable (502), timeouts
-UpstreamTimeout (504).
+connect failures and dropped connections become UpstreamUnreachable (502), a body cut off
+mid-way UpstreamIncomplete (502), timeouts UpstreamTimeout (504).
+
+URLs are the base URL plus a canonical path from `paths.py` (segments that hold no separator of
+any kind), passed to aiohttp already encoded so nothing re-normalises them; the result is checked
+to stay under the base path all the same. Headers are forwarded only when their bytes mean the
+same to every parser (no control bytes, valid UTF-8), else the request is refused (400).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import aiohttp
+from yarl import URL
 
-from llm_gateway_proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from llm_gateway_proxy.errors import (
+    HeaderNotAllowed,
+    InvalidPath,
+    UpstreamIncomplete,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from llm_gateway_proxy.settings import ProxySettings
 
 # Never forwarded upstream: hop-by-hop headers, the client's credentials (the upstream key is set
@@ -26,6 +39,11 @@ _DROP_REQUEST = frozenset(
         b"x-forwarded-proto", b"x-real-ip",
     }
 )  # fmt: skip
+# Headers that pick another account or project at the provider than the gateway's key belongs
+# to: dropped unless FORWARD_ACCOUNT_HEADERS names them.
+ACCOUNT_HEADERS = frozenset({b"openai-organization", b"openai-project"})
+_HEADER_VALUE_OK = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
+_HEADER_NAME_OK = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
 
 # Never passed back to the client: hop-by-hop headers, framing the gateway redoes, and cookies.
 _DROP_RESPONSE = frozenset(
@@ -41,6 +59,8 @@ def map_exceptions() -> Iterator[None]:
     """Translate aiohttp failures into gateway errors, chained with `from`."""
     try:
         yield
+    except aiohttp.ClientPayloadError as exc:
+        raise UpstreamIncomplete("The upstream provider's response was cut off.") from exc
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout("The upstream provider did not answer in time.") from exc
     except aiohttp.ClientError as exc:
@@ -54,6 +74,8 @@ class Upstream:
 
     def __init__(self, settings: ProxySettings) -> None:
         self.base_url = settings.upstream_base_url
+        self._base = URL(settings.upstream_base_url)
+        self._drop = _DROP_REQUEST | (ACCOUNT_HEADERS - set(settings.forward_account_headers))
         self._auth = f"Bearer {settings.upstream_api_key}" if settings.upstream_api_key else None
         self._timeout = aiohttp.ClientTimeout(
             total=None,
@@ -76,25 +98,33 @@ class Upstream:
         if self._session is not None:
             await self._session.close()
 
-    def url(self, client_path: str, query: bytes) -> str:
-        """`/v1/X?q` -> `<base>/X?q` (the base carries the version path, as in the OpenAI SDK)."""
-        suffix = client_path[3:] if client_path.startswith("/v1/") else client_path
-        url = self.base_url + suffix
-        return f"{url}?{query.decode('latin-1')}" if query else url
+    def url(self, forward_path: str, query: bytes) -> URL:
+        """`<base><forward_path>?<query>`; `forward_path` is canonical and encoded (paths.py)."""
+        base_path = self._base.raw_path.rstrip("/")
+        url = self._base.with_path(base_path + forward_path, encoded=True)
+        if not url.raw_path.startswith(base_path + "/"):
+            raise InvalidPath("The request path leaves the provider's base path.")
+        return URL(f"{url}?{query.decode('ascii')}", encoded=True) if query else url
 
     def headers(self, client_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-        """The client's headers minus those never forwarded, plus the upstream key."""
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in client_headers
-            if name not in _DROP_REQUEST and not name.startswith(b"x-llm-")
-        }
+        """The client's headers minus those never forwarded, plus the upstream key; a header
+        whose bytes are not plain (control bytes, invalid UTF-8) is refused, not forwarded."""
+        headers = {}
+        for name, value in client_headers:
+            if name in self._drop or name.startswith(b"x-llm-"):
+                continue
+            if not (_HEADER_NAME_OK.match(name) and _HEADER_VALUE_OK.match(value)):
+                raise HeaderNotAllowed(f"Header {_shown(name)} has a value that is not allowed.")
+            try:
+                headers[name.decode("ascii")] = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise HeaderNotAllowed(f"Header {_shown(name)} is not valid UTF-8.") from exc
         if self._auth is not None:
             headers["Authorization"] = self._auth
         return headers
 
     async def send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes
+        self, method: str, url: URL, headers: dict[str, str], body: bytes
     ) -> aiohttp.ClientResponse:
         """Send one request and return once the response headers are in."""
         if self._session is None:
@@ -121,3 +151,8 @@ async def read_body(response: aiohttp.ClientResponse) -> bytes:
 
 def is_event_stream(response: aiohttp.ClientResponse) -> bool:
     return response.content_type == "text/event-stream"
+
+
+def _shown(name: bytes) -> str:
+    """A header name as it may appear in an error message (hostile bytes made inert)."""
+    return repr(name[:64].decode("ascii", "replace"))

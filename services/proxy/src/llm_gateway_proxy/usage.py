@@ -67,26 +67,27 @@ def estimate_tokens(body: bytes) -> int:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return math.ceil(len(body) / CHARS_PER_TOKEN) if body else 0
-    chars, images = _count_text(payload, inside_text=False)
+    chars, images = _count_text(payload)
     return math.ceil(chars / CHARS_PER_TOKEN) + images * IMAGE_TOKENS
 
 
-def _count_text(value: Any, *, inside_text: bool) -> tuple[int, int]:
-    if isinstance(value, str):
-        return (len(value), 0) if inside_text else (0, 0)
+def _count_text(root: Any) -> tuple[int, int]:
+    """(characters of text, images) in a decoded body; iterative, so no nesting depth a client
+    sends can exhaust the interpreter's stack."""
     chars = images = 0
-    if isinstance(value, dict):
-        if value.get("type") in ("image_url", "input_image"):
-            return 0, 1
-        for key, item in value.items():
-            sub_chars, sub_images = _count_text(item, inside_text=key in _TEXT_KEYS)
-            chars += sub_chars
-            images += sub_images
-    elif isinstance(value, list):
-        for item in value:
-            sub_chars, sub_images = _count_text(item, inside_text=inside_text)
-            chars += sub_chars
-            images += sub_images
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        value, inside_text = stack.pop()
+        if isinstance(value, str):
+            if inside_text:
+                chars += len(value)
+        elif isinstance(value, dict):
+            if value.get("type") in ("image_url", "input_image"):
+                images += 1
+                continue
+            stack.extend((item, key in _TEXT_KEYS) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, inside_text) for item in value)
     return chars, images
 
 
