@@ -91,9 +91,9 @@ async def test_error_shape_for_a_gateway_error(
 async def test_probes_and_every_response_carry_a_request_id(
     proxy: ProxyProcess, http: aiohttp.ClientSession
 ) -> None:
-    for path in ("/live", "/ready", "/health"):
-        async with http.get(proxy.base_url + path) as response:
-            assert response.status == 200, path
+    for url in (proxy.base_url + "/live", proxy.base_url + "/ready", proxy.manage_url + "/health"):
+        async with http.get(url) as response:
+            assert response.status == 200, url
             assert len(response.headers["X-LLM-Request-ID"]) == 32
     async with http.get(f"{proxy.base_url}/elsewhere") as response:
         assert response.status == 404

@@ -254,13 +254,13 @@ async def test_tenant_limits_hold_over_all_of_the_tenants_keys(
     proxy = proxy_factory(AUTH_MODE="keys", MANAGEMENT_TOKEN=token)
     auth = {"Authorization": f"Bearer {token}"}
     tenant = f"tenant-{new_key_id()}"
-    async with http.put(f"{proxy.base_url}/manage/tenants/{tenant}/limits", headers=auth,
+    async with http.put(f"{proxy.manage_url}/manage/tenants/{tenant}/limits", headers=auth,
                         json={"requests_per_minute": 6}) as response:  # fmt: skip
         assert response.status == 200
         assert (await response.json())["limits"]["requests_per_minute"] == 6
     keys = []
     for name in ("a", "b"):
-        async with http.post(f"{proxy.base_url}/manage/keys", headers=auth,
+        async with http.post(f"{proxy.manage_url}/manage/keys", headers=auth,
                              json={"name": name, "tenant": tenant}) as response:  # fmt: skip
             assert response.status == 201
             keys.append((await response.json())["key"])
@@ -269,6 +269,6 @@ async def test_tenant_limits_hold_over_all_of_the_tenants_keys(
     assert statuses.count(429) == 4
     _, body, _ = await chat(http, proxy.base_url, keys[0])
     assert f"tenant '{tenant}'" in body["error"]["message"]  # type: ignore[index]
-    async with http.delete(f"{proxy.base_url}/manage/tenants/{tenant}/limits",
+    async with http.delete(f"{proxy.manage_url}/manage/tenants/{tenant}/limits",
                            headers=auth) as response:  # fmt: skip
         assert (await response.json())["set"] is False

@@ -126,7 +126,7 @@ async def test_unknown_paths_and_methods_get_openai_errors(
         assert response.status == 404
         assert_openai_error(await response.json(), type_="invalid_request_error",
                             code="unknown_url")  # fmt: skip
-    async with http.post(f"{proxy.base_url}/health") as response:
+    async with http.post(f"{proxy.manage_url}/health") as response:
         assert response.status == 405
         assert_openai_error(await response.json(), type_="invalid_request_error",
                             code="method_not_allowed")  # fmt: skip

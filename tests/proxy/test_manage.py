@@ -93,7 +93,7 @@ async def test_create_get_list_patch_revoke_rotate(
     request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
     tenant = unique_tenant(request)
-    url = f"{manage.base_url}/manage"
+    url = f"{manage.manage_url}/manage"
     body = {"name": "search bot", "tenant": tenant, "models": ["gpt-4o*"],
             "limits": {"requests_per_minute": 60, "budget_tokens": 1000},
             "metadata": {"owner": "ana"}}  # fmt: skip
@@ -151,7 +151,7 @@ async def test_keys_are_shown_once_and_never_stored_in_clear(
     manage: ProxyProcess, http: aiohttp.ClientSession, redis: aioredis.Redis,
     request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
-    url = f"{manage.base_url}/manage"
+    url = f"{manage.manage_url}/manage"
     body = {"name": "n", "tenant": unique_tenant(request)}
     _, created = await call(http, "POST", f"{url}/keys", json=body)
     _, rotated = await call(http, "POST", f"{url}/keys/{created['id']}/rotate")
@@ -190,7 +190,7 @@ async def test_every_route_needs_the_management_token(
     manage: ProxyProcess, http: aiohttp.ClientSession, headers: dict[str, str], method: str,
     path: str,
 ) -> None:  # fmt: skip
-    async with http.request(method, f"{manage.base_url}/manage{path}", headers=headers,
+    async with http.request(method, f"{manage.manage_url}/manage{path}", headers=headers,
                             json={"name": "x", "tenant": "y"}) as response:  # fmt: skip
         answer = response.status, await response.json()
         assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -205,7 +205,7 @@ async def test_without_a_token_configured_the_api_does_not_exist(
     keys_file.write_bytes(b"[]")
     proxy = proxy_factory(AUTH_MODE="keys", KEYS_FILE=str(keys_file))
     for method, path in (("GET", "/keys"), ("POST", "/keys"), ("GET", "/openapi.json")):
-        answer = await call(http, method, f"{proxy.base_url}/manage{path}")
+        answer = await call(http, method, f"{proxy.manage_url}/manage{path}")
         assert_error(answer, 404, "unknown_url")
 
 
@@ -251,7 +251,7 @@ async def test_bad_create_bodies_get_clear_400s(
     param: str | None,
 ) -> None:  # fmt: skip
     data = body if isinstance(body, bytes) else msgspec.json.encode(body)
-    answer = await call(http, "POST", f"{manage.base_url}/manage/keys", data=data)
+    answer = await call(http, "POST", f"{manage.manage_url}/manage/keys", data=data)
     assert_error(answer, 400, code, param)
     assert answer[1]["error"]["type"] == "invalid_request_error"
 
@@ -259,7 +259,7 @@ async def test_bad_create_bodies_get_clear_400s(
 async def test_bad_patches_unknown_ids_and_methods(
     manage: ProxyProcess, http: aiohttp.ClientSession, request: pytest.FixtureRequest
 ) -> None:
-    url = f"{manage.base_url}/manage"
+    url = f"{manage.manage_url}/manage"
     _, created = await call(http, "POST", f"{url}/keys",
                             json={**GOOD, "tenant": unique_tenant(request)})  # fmt: skip
     key_url = f"{url}/keys/{created['id']}"
@@ -296,7 +296,7 @@ async def test_redis_down_is_a_503(
     calls = [("GET", "/keys", None), ("POST", "/keys", GOOD), ("GET", "/keys/key_x", None),
              ("GET", "/usage/tenants/t", None)]  # fmt: skip
     for method, path, body in calls:
-        answer = await call(http, method, f"{proxy.base_url}/manage{path}", json=body)
+        answer = await call(http, method, f"{proxy.manage_url}/manage{path}", json=body)
         assert_error(answer, 503, "store_unavailable")
     assert "management_store_unavailable" in proxy.log_text()
 
@@ -308,7 +308,7 @@ async def test_usage_of_a_key_and_of_a_tenant(
     manage: ProxyProcess, http: aiohttp.ClientSession, redis: aioredis.Redis,
     request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
-    tenant, url = unique_tenant(request), f"{manage.base_url}/manage"
+    tenant, url = unique_tenant(request), f"{manage.manage_url}/manage"
     limits = {"requests_per_minute": 100, "tokens_per_minute": 10_000, "budget_tokens": 10**6}
     _, one = await call(http, "POST", f"{url}/keys", json={**GOOD, "tenant": tenant,
                                                            "limits": limits})  # fmt: skip
@@ -345,7 +345,7 @@ async def test_usage_of_a_key_and_of_a_tenant(
 async def test_sub_tenants_have_their_own_usage_url(
     manage: ProxyProcess, http: aiohttp.ClientSession, request: pytest.FixtureRequest
 ) -> None:
-    tenant, url = f"{unique_tenant(request)}/search", f"{manage.base_url}/manage"
+    tenant, url = f"{unique_tenant(request)}/search", f"{manage.manage_url}/manage"
     status, created = await call(http, "POST", f"{url}/keys", json={**GOOD, "tenant": tenant})
     assert status == 201
     status, usage = await call(http, "GET", f"{url}/usage/tenants/{tenant}")
@@ -355,7 +355,7 @@ async def test_sub_tenants_have_their_own_usage_url(
 async def test_openapi_document_describes_the_api(
     manage: ProxyProcess, http: aiohttp.ClientSession
 ) -> None:
-    status, document = await call(http, "GET", f"{manage.base_url}/manage/openapi.json")
+    status, document = await call(http, "GET", f"{manage.manage_url}/manage/openapi.json")
     assert status == 200
     assert document["openapi"].startswith("3.1")
     assert document["servers"] == [{"url": "/manage"}]
@@ -390,7 +390,7 @@ async def test_keys_made_through_the_api_authenticate_and_never_leak(
     redis: aioredis.Redis, request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
     proxy = manage
-    url = f"{proxy.base_url}/manage"
+    url = f"{proxy.manage_url}/manage"
     tenant = unique_tenant(request)
     body = {"name": "app", "tenant": tenant, "models": ["gpt-4o*"]}
     status, created = await call(http, "POST", f"{url}/keys", json=body)

@@ -35,7 +35,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="module")
 def target(proxy_factory: ProxyFactory) -> str:
     """A running proxy with the management API on."""
-    return proxy_factory(AUTH_MODE="keys", MANAGEMENT_TOKEN=TOKEN).base_url
+    return proxy_factory(AUTH_MODE="keys", MANAGEMENT_TOKEN=TOKEN).manage_url
 
 
 BOUNDED = {"derandomize": True, "database": None, "deadline": None,

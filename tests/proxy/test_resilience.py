@@ -46,7 +46,7 @@ async def test_requests_succeed_while_redis_is_down_and_events_arrive_when_it_re
         assert response.status == 200
 
     async def waiting_for_redis() -> bool:
-        state = await health(http, proxy.base_url)
+        state = await health(http, proxy.manage_url)
         return state["events"] == {"redis_healthy": False, "queued": 5, "written": 0, "dropped": 0}
 
     await eventually(waiting_for_redis, "the publisher to find Redis down and hold the events")
@@ -58,7 +58,7 @@ async def test_requests_succeed_while_redis_is_down_and_events_arrive_when_it_re
             return {e.request_id for e in await all_events(client)} == set(ids)
 
         await eventually(all_written, "queued events to be written after Redis returned")
-        state = await health(http, proxy.base_url)
+        state = await health(http, proxy.manage_url)
         assert state["events"] == {"redis_healthy": True, "queued": 0, "written": 5, "dropped": 0}
         assert "event_write_failed" in proxy.log_text()
     finally:
@@ -74,7 +74,7 @@ async def test_events_past_the_queue_bound_are_dropped_counted_and_logged(
     for _ in range(5):
         async with http.post(f"{proxy.base_url}/v1/chat/completions", json=CHAT) as response:
             assert response.status == 200
-    state = await health(http, proxy.base_url)
+    state = await health(http, proxy.manage_url)
     events = state["events"]
     assert isinstance(events, dict)
     assert events["dropped"] == 2

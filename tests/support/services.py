@@ -73,8 +73,30 @@ class ServiceProcess:
 
 
 class ProxyProcess(ServiceProcess):
+    """The proxy: the data plane on `port` (`base_url`), management on `manage_port`
+    (`manage_url`: `/manage`, `/health`)."""
+
     def __init__(self, env: dict[str, str]) -> None:
-        super().__init__("llm-gateway-proxy", env, listen_var="LISTEN_ADDR")
+        self.manage_port = free_port()
+        super().__init__(
+            "llm-gateway-proxy",
+            {"MANAGEMENT_LISTEN_ADDR": f"127.0.0.1:{self.manage_port}", **env},
+            listen_var="LISTEN_ADDR",
+        )
+
+    @property
+    def manage_url(self) -> str:
+        return f"http://127.0.0.1:{self.manage_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> ProxyProcess:
+        super().start()
+        wait_for_port(self.manage_port)
+        return self
 
 
 class CollectorProcess(ServiceProcess):

@@ -1,4 +1,5 @@
-"""Probes: `/live` (the process serves), `/ready` (it should get traffic), `/health` (details)."""
+"""Probes: `/live` (the process serves), `/ready` (it should get traffic), on both listeners;
+`/health` (details: queue sizes, requests in flight) on the management listener only."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from starlette.responses import JSONResponse
 
 from llm_gateway_proxy.exchange import REQUEST_ID_HEADER, new_request_id
 from llm_gateway_proxy.gateway import Gateway
+from llm_gateway_proxy.inflight import InFlight
 
 
 def _answer(payload: dict[str, object], status: int = 200) -> JSONResponse:
@@ -28,6 +30,7 @@ async def ready(request: Request) -> JSONResponse:
 
 async def health(request: Request) -> JSONResponse:
     gateway: Gateway = request.state.gateway
+    in_flight: InFlight = request.state.in_flight
     publisher = gateway.publisher
     return _answer(
         {
@@ -37,6 +40,11 @@ async def health(request: Request) -> JSONResponse:
                 "queued": publisher.queued,
                 "written": publisher.written,
                 "dropped": publisher.dropped,
+            },
+            "in_flight": {
+                "current": in_flight.current,
+                "limit": in_flight.limit,
+                "refused": in_flight.refused,
             },
         }
     )

@@ -9,12 +9,12 @@ import warnings
 
 import uvloop
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from llm_gateway_common.config import ConfigError
 from llm_gateway_common.logs import LogOutput, configure_logging
-from llm_gateway_proxy import cli
+from llm_gateway_proxy import cli, connections
 from llm_gateway_proxy.app import create_app
+from llm_gateway_proxy.connections import GatewayConfig
 from llm_gateway_proxy.settings import ProxySettings
 
 
@@ -45,23 +45,32 @@ async def run(settings: ProxySettings, log_output: LogOutput) -> None:
         loop.add_signal_handler(sig, stopping.set)
     flusher = asyncio.create_task(log_output.flush_periodically(), name="log-flusher")
     app = create_app(settings, stopping=stopping)
+    connections.install()
     try:
         await serve(app, hypercorn_config(settings), shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
     finally:
         flusher.cancel()
 
 
-def hypercorn_config(settings: ProxySettings) -> Config:
-    config = Config()
-    host = f"[{settings.listen_host}]" if ":" in settings.listen_host else settings.listen_host
-    config.bind = [f"{host}:{settings.listen_port}"]
+def hypercorn_config(settings: ProxySettings) -> GatewayConfig:
+    """One server, two binds: the data plane first, then management (`listeners.py`)."""
+    config = GatewayConfig()
+    config.bind = [
+        _bind(settings.listen_host, settings.listen_port),
+        _bind(settings.management_listen_host, settings.management_listen_port),
+    ]
     config.graceful_timeout = settings.shutdown_grace
     config.backlog = 2048
     config.keep_alive_timeout = 75  # longer than common load balancer idle timeouts (60 s)
+    config.header_timeout = settings.client_read_timeout  # from a request's first byte
     config.accesslog = None  # the gateway writes its own line per request
     config.errorlog = "-"
     config.loglevel = "WARNING"
     return config
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 if __name__ == "__main__":
