@@ -84,7 +84,8 @@ def services() -> Iterator[tuple[str, str, str, Path, Path]]:
         keys_file.write_text(json.dumps([{"id": "key_demo", "key_hash": hash_key(DEMO_KEY),
                                           "name": "demo", "tenant": "demo"}]))  # fmt: skip
         env = {"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-               "LISTEN_ADDR": f"127.0.0.1:{proxy_port}", "KEYS_FILE": str(keys_file)}  # fmt: skip
+               "LISTEN_ADDR": f"127.0.0.1:{proxy_port}", "KEYS_FILE": str(keys_file),
+               "MANAGEMENT_LISTEN_ADDR": f"127.0.0.1:{free_port()}"}  # fmt: skip
         if os.environ.get("UPSTREAM_OPENAI_API_KEY"):
             upstream = os.environ.get("UPSTREAM_OPENAI_BASE_URL", "https://api.openai.com/v1")
         else:
