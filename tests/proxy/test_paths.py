@@ -114,8 +114,9 @@ async def test_no_path_form_reaches_the_provider_around_the_access_checks(
     keys.write_bytes(msgspec.json.encode([record]))
     proxy = proxy_factory(AUTH_MODE="keys", KEYS_FILE=str(keys))
     auth = [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]
-    for raw, expected in [(b"/v1/chat/completions", 403), (b"/v1/%63hat/completions", 403),
-                          *[(r, 400) for r in REFUSED_400], *[(r, 404) for r in REFUSED_404]]:  # fmt: skip
+    cases = [(b"/v1/chat/completions", 403), (b"/v1/%63hat/completions", 403)]
+    cases += [(r, 400) for r in REFUSED_400] + [(r, 404) for r in REFUSED_404]
+    for raw, expected in cases:
         answer = await raw_request(proxy.port, "POST", raw, headers=auth, body=GPT4O)
         assert answer.status == expected, raw
         if raw in REFUSED_BY_HTTP_PARSER:  # h11 refuses the request line before the app runs
@@ -180,8 +181,8 @@ async def test_paid_passthrough_is_checked_metered_and_attributed(
     record = _key_record(key, models=("gpt-image-1",))
     keys = tmp_path / "keys.json"
     keys.write_bytes(msgspec.json.encode([record]))
-    proxy = proxy_factory(AUTH_MODE="keys", KEYS_FILE=str(keys),
-                          UPSTREAM_OPENAI_BASE_URL=f"http://127.0.0.1:{scripted.port}/v1")  # fmt: skip
+    base = f"http://127.0.0.1:{scripted.port}/v1"
+    proxy = proxy_factory(AUTH_MODE="keys", KEYS_FILE=str(keys), UPSTREAM_OPENAI_BASE_URL=base)
     auth = [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]
 
     async def post(path: bytes, body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
