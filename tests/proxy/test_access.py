@@ -231,8 +231,9 @@ async def test_key_store_writes_are_compare_and_set(redis_url: str) -> None:
     old_key = new_key()
     original = record(old_key)
     await store.save(original)
-    rotated = msgspec.structs.replace(original, key_hash=hash_key(new_key()))
-    await store.replace_hash(original, rotated)
+    rotated = await store.replace_hash(
+        original, msgspec.structs.replace(original, key_hash=hash_key(new_key()))
+    )
     with pytest.raises(KeyStoreConflict):  # a revoke that read the record before the rotate
         await store.save(msgspec.structs.replace(original, active=False), previous=original)
     assert await store.lookup(original.key_hash) is None, "the rotated-away key came back"

@@ -159,9 +159,9 @@ class RedisGate:
 
 
 def _reason(exc: BaseException) -> str:
-    """Why a call failed, fit for logs and error chains: the exception's type and, for a
-    refusal, Redis' error code (`OOM`, `READONLY`, `CROSSSLOT`); never a value or a URL."""
-    if isinstance(exc, ResponseError):
+    """Why a call failed, fit for logs and error chains: the exception's type, or Redis' error
+    code for a refusal redis-py has no class for; never a value, a message or a URL."""
+    if type(exc) is ResponseError:  # redis-py has no class for this code (CROSSSLOT, ...)
         code = str(exc).split(" ", 1)[0]
-        return f"{type(exc).__name__} {code}"[:80]
-    return type(exc).__name__
+        return f"ResponseError {code}"[:80]
+    return type(exc).__name__  # OutOfMemoryError, ReadOnlyError, TimeoutError, ...
