@@ -72,7 +72,13 @@ class PathTable:
     """The `/v1` paths the gateway answers: the metered APIs, then the allowed pass-through."""
 
     def __init__(self, passthrough: Iterable[str]) -> None:
-        self._patterns = [tuple(p.strip("/").split("/")) for p in passthrough if p.strip("/")]
+        # Indexed by (first segment, length), so a lookup tries only the patterns that may match.
+        self._patterns: dict[tuple[str, int], list[tuple[str, ...]]] = {}
+        for text in passthrough:
+            pattern = tuple(text.strip("/").split("/"))
+            if pattern[0] == "*":
+                raise ValueError(f"a pass-through pattern must start with a name: {text!r}")
+            self._patterns.setdefault((pattern[0], len(pattern)), []).append(pattern)
 
     def resolve(self, method: str, path: str) -> Target | None:
         """The target of a canonical path (see `check_path`), or None when nobody allowed it."""
@@ -83,7 +89,7 @@ class PathTable:
         if api is not None and method == "POST":
             return Target(api, "/" + rest, api.path, api.path)
         segments = rest.split("/")
-        for pattern in self._patterns:
+        for pattern in self._patterns.get((segments[0], len(segments)), ()):
             if _matches(pattern, segments):
                 encoded = "/".join(quote(segment, safe=_SEGMENT_SAFE) for segment in segments)
                 return Target(None, "/" + encoded, path, API_PREFIX + "/".join(pattern))
@@ -134,8 +140,6 @@ class CanonicalPaths:
 
 
 def _matches(pattern: tuple[str, ...], segments: list[str]) -> bool:
-    if len(pattern) != len(segments):
-        return False
     return all(p in ("*", s) for p, s in zip(pattern, segments, strict=True))
 
 

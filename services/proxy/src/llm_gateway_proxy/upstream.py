@@ -13,7 +13,7 @@ same to every parser (no control bytes, valid UTF-8), else the request is refuse
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import aiohttp
@@ -42,7 +42,7 @@ _DROP_REQUEST = frozenset(
 # Headers that pick another account or project at the provider than the gateway's key belongs
 # to: dropped unless FORWARD_ACCOUNT_HEADERS names them.
 ACCOUNT_HEADERS = frozenset({b"openai-organization", b"openai-project"})
-_HEADER_VALUE_OK = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEADER_NAME_OK = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
 
 # Never passed back to the client: hop-by-hop headers, framing the gateway redoes, and cookies.
@@ -106,19 +106,22 @@ class Upstream:
             raise InvalidPath("The request path leaves the provider's base path.")
         return URL(f"{url}?{query.decode('ascii')}", encoded=True) if query else url
 
-    def headers(self, client_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    def headers(self, client_headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
         """The client's headers minus those never forwarded, plus the upstream key; a header
         whose bytes are not plain (control bytes, invalid UTF-8) is refused, not forwarded."""
-        headers = {}
-        for name, value in client_headers:
-            if name in self._drop or name.startswith(b"x-llm-"):
-                continue
-            if not (_HEADER_NAME_OK.match(name) and _HEADER_VALUE_OK.match(value)):
-                raise HeaderNotAllowed(f"Header {_shown(name)} has a value that is not allowed.")
-            try:
-                headers[name.decode("ascii")] = value.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise HeaderNotAllowed(f"Header {_shown(name)} is not valid UTF-8.") from exc
+        drop = self._drop
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in client_headers
+            if name not in drop and not name.startswith(b"x-llm-")
+        }
+        # One check over every value for the usual case (printable ASCII); else each header's.
+        joined = "".join(headers.values())
+        if not (joined.isascii() and joined.isprintable()):
+            kept = [
+                (n, v) for n, v in client_headers if n not in drop and not n.startswith(b"x-llm-")
+            ]
+            headers = _checked(kept)
         if self._auth is not None:
             headers["Authorization"] = self._auth
         return headers
@@ -151,6 +154,19 @@ async def read_body(response: aiohttp.ClientResponse) -> bytes:
 
 def is_event_stream(response: aiohttp.ClientResponse) -> bool:
     return response.content_type == "text/event-stream"
+
+
+def _checked(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Headers with non-ASCII or control bytes somewhere: each checked, UTF-8 kept as such."""
+    checked = {}
+    for name, value in headers:
+        if not _HEADER_NAME_OK.match(name) or _CONTROL.search(value):
+            raise HeaderNotAllowed(f"Header {_shown(name)} has a value that is not allowed.")
+        try:
+            checked[name.decode("ascii")] = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise HeaderNotAllowed(f"Header {_shown(name)} is not valid UTF-8.") from exc
+    return checked
 
 
 def _shown(name: bytes) -> str:
