@@ -139,9 +139,10 @@ async def test_create_get_list_patch_revoke_rotate(
     new = rotated.pop("key")
     assert new != key and rotated["id"] == key_id
     assert rotated["display"] == f"{new[:7]}...{new[-4:]}"
-    assert {k: v for k, v in rotated.items() if k != "display"} == {
-        k: v for k, v in revived.items() if k != "display"
+    assert {k: v for k, v in rotated.items() if k not in ("display", "version")} == {
+        k: v for k, v in revived.items() if k not in ("display", "version")
     }
+    assert rotated["version"] == revived["version"] + 1 == created["version"] + 5
     assert await stored.lookup(hash_key(key)) is None
     record = await stored.lookup(hash_key(new))
     assert record is not None and record.id == key_id and record.usable()

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_gateway_proxy.errors import (
@@ -124,7 +124,10 @@ async def update_key(store: KeyStore, key_id: str, patch: UpdateKey) -> KeyRecor
                if value is not msgspec.UNSET}  # fmt: skip
     if isinstance(patch.limits, LimitsSpec):
         changes["limits"] = patch.limits.applied_to(record.limits)
-    return await _saved(store.save(msgspec.structs.replace(record, **changes), previous=record))
+    updated = msgspec.structs.replace(record, **changes)
+    if updated == record:
+        return record  # nothing to write: the version stays
+    return await _saved(store.save(updated, previous=record))
 
 
 async def revoke_key(store: KeyStore, key_id: str) -> KeyRecord:
@@ -425,13 +428,27 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, HTTPException):
         return await _internal_error(request, exc)
     error: GatewayError
+    headers = dict(exc.headers or {})
     if exc.status_code == 405:
         error = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
+        headers["Allow"] = _allowed_methods(request)
     elif exc.status_code == 404:
         error = NotFound(f"Unknown request URL: {request.method} {request.url.path}.")
     else:
         error = HTTPStatusError(str(exc.detail or "") or "Request failed.", status=exc.status_code)
-    return _render(error, exc.headers)
+    return _render(error, headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path allows: one Route per method, so Starlette's own `Allow` names
+    only the first route that matched the path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:
