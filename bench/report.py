@@ -17,6 +17,10 @@ from throughput import WrkResult
 CPU_RATIO_MAX = 1.25
 ADDED_P50_SLACK_MS = 0.2
 ADDED_TTFB_SLACK_MS = 0.3
+CHUNK_CPU_RATIO_MAX = 1.25
+# The SSE tap's own cost per chunk against everything a proxy spends per chunk: parsing every
+# chunk's JSON again (the bug of issue 9) takes it past this.
+TAP_SHARE_MAX = 0.07
 RSS_MAX_MB = 80.0
 # Busier than this (whole machine, over one second) before a target's phase: noisy numbers.
 QUIET_BUSY_MAX = 0.05
@@ -32,6 +36,8 @@ class TargetResult:
     throughput: WrkResult
     cpu_us_per_request: float | None = None  # over the wrk run (concurrency 64)
     cpu_us_per_request_c1: float | None = None  # over the latency run (concurrency 1)
+    cpu_us_per_chunk: float | None = None  # over the long concurrent streams (bench/streams.py)
+    tap_us_per_chunk: float | None = None  # gateway: the SSE tap alone (bench/sse_tap.py)
     cpu_busy: float | None = None  # proxy CPU seconds per wall second during the wrk run
     peak_rss_mb: float | None = None
     background_cpu: float = 0.0  # machine busy fraction just before (noise from other work)
@@ -68,6 +74,7 @@ def checks(direct: TargetResult, floor: TargetResult, gateway: TargetResult) -> 
         return float(getattr(result, series).p50_ms - getattr(direct, series).p50_ms)
 
     floor_cpu = floor.cpu_us_per_request or math.nan
+    floor_chunk_cpu = floor.cpu_us_per_chunk or math.nan
     return [
         Check("CPU/request gateway/floor", (gateway.cpu_us_per_request or 0) / floor_cpu,
               CPU_RATIO_MAX),
@@ -76,6 +83,10 @@ def checks(direct: TargetResult, floor: TargetResult, gateway: TargetResult) -> 
         Check("added stream TTFB p50 ms (gateway)", added(gateway, "ttfb"),
               added(floor, "ttfb") + ADDED_TTFB_SLACK_MS),
         Check("peak RSS MB (gateway)", gateway.peak_rss_mb or math.inf, RSS_MAX_MB),
+        Check("CPU/streamed chunk gateway/floor", (gateway.cpu_us_per_chunk or 0) / floor_chunk_cpu,
+              CHUNK_CPU_RATIO_MAX),
+        Check("SSE tap µs/chunk / floor's CPU µs/chunk", (gateway.tap_us_per_chunk or 0)
+              / floor_chunk_cpu, TAP_SHARE_MAX),
     ]  # fmt: skip
 
 
@@ -111,8 +122,8 @@ def render(results: list[TargetResult], found: list[Check], meterings: list[Mete
     lines = [
         "| target | p50 ms | p99 ms | +p50 ms | +p99 ms | TTFB p50 | TTFB p99 | +TTFB p50 "
         "| +TTFB p99 | req/s @64 | CPU µs/req @64 | CPU busy @64 | CPU µs/req @1 "
-        "| peak RSS MB |",
-        "|---|" + "---:|" * 13,
+        "| CPU µs/chunk | peak RSS MB |",
+        "|---|" + "---:|" * 14,
     ]
     for r in results:
         is_direct = r is direct
@@ -133,6 +144,7 @@ def render(results: list[TargetResult], found: list[Check], meterings: list[Mete
                     _optional(r.cpu_us_per_request, "{:.0f}"),
                     _optional(r.cpu_busy, "{:.0%}"),
                     _optional(r.cpu_us_per_request_c1, "{:.0f}"),
+                    _optional(r.cpu_us_per_chunk, "{:.1f}"),
                     _optional(r.peak_rss_mb, "{:.1f}"),
                 ]
             )
@@ -146,6 +158,11 @@ def render(results: list[TargetResult], found: list[Check], meterings: list[Mete
             f"- {verdict} {check.name}: {check.measured:.3f} (limit {check.limit:.3f}"
             f"{rounds if check.per_round else ''})"
         )
+    for r in results:
+        if r.tap_us_per_chunk is not None:
+            lines.append(
+                f"- the SSE tap alone (bench/sse_tap.py): {r.tap_us_per_chunk:.2f} µs/chunk"
+            )
     noisy = [r for r in results if r.background_cpu > QUIET_BUSY_MAX]
     if noisy:
         busy = ", ".join(f"{r.name} {r.background_cpu:.0%}" for r in noisy)

@@ -18,7 +18,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -37,6 +37,8 @@ from report import (
     render,
     save,
 )
+from sse_tap import openai_stream, per_chunk_us
+from streams import run_streams
 from throughput import run_wrk, write_script
 
 LOADGEN_CPU = 0
@@ -56,15 +58,19 @@ class Plan:
     warmup: int
     wrk_seconds: float
     wrk_warmup_seconds: float
+    streams_per_connection: int  # long streams, for CPU per chunk (bench/streams.py)
+    stream_connections: int = 16
+    stream_words: int = 200
+    stream_chunk_delay: float = 0.002  # 500 chunks/s per stream, each arriving on its own
     connections: int = 64
     loop_time_limit: float = 120.0
     quiet_wait: float = 60.0  # how long to wait for other work on the machine to stop
 
 
 FULL = Plan(latency_requests=2000, stream_requests=1000, warmup=200, wrk_seconds=10,
-            wrk_warmup_seconds=2)  # fmt: skip
+            wrk_warmup_seconds=2, streams_per_connection=10)  # fmt: skip
 QUICK = Plan(latency_requests=300, stream_requests=200, warmup=50, wrk_seconds=3,
-             wrk_warmup_seconds=1)  # fmt: skip
+             wrk_warmup_seconds=1, streams_per_connection=3)  # fmt: skip
 
 
 def main() -> int:
@@ -124,15 +130,18 @@ def run_round(
         events_before = _xlen(redis_url)
         gateway, served = measure("gateway", proxy, proxy, plan, script)
         events = _settled_xlen(redis_url) - events_before
+    _progress("the SSE tap alone, in this process (bench/sse_tap.py)")
+    tap = per_chunk_us(openai_stream(plan.stream_words), strip=True, repeat=7)
+    gateway = replace(gateway, tap_us_per_chunk=tap)
     return [direct, floor, gateway], Metering(events, served, allowance=2 * plan.connections)
 
 
 def measure(
     name: str, target: Child, proxy: Child | None, plan: Plan, script: Path
 ) -> tuple[TargetResult, int]:
-    """Latency and TTFB at concurrency 1, then throughput at `plan.connections`, with the proxy's
-    CPU time over the latency and throughput runs. Returns the result and the number of requests
-    completed."""
+    """Latency and TTFB at concurrency 1, CPU per chunk of long concurrent streams (proxies only),
+    then throughput at `plan.connections`, with the proxy's CPU time over the latency and
+    throughput runs. Returns the result and the number of requests completed."""
     port = target.port
     background = wait_for_quiet(plan.quiet_wait)
     _progress(f"{name}: latency, {plan.latency_requests} requests at concurrency 1")
@@ -145,6 +154,7 @@ def measure(
     stream = sample(port, build_request("127.0.0.1", port, "/v1/chat/completions", STREAM_BODY),
                     count=plan.stream_requests, warmup=plan.warmup,
                     time_limit=plan.loop_time_limit)  # fmt: skip
+    streamed, cpu_per_chunk = measure_streams(name, target, proxy, plan)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     _progress(f"{name}: wrk -c{plan.connections} for {plan.wrk_seconds:g}s (after a warm-up)")
     warm = run_wrk(url, script, connections=plan.connections, seconds=plan.wrk_warmup_seconds,
@@ -161,13 +171,32 @@ def measure(
         throughput=load,
         cpu_us_per_request=None if proxy is None else cpu_used / load.requests * 1e6,
         cpu_us_per_request_c1=None if proxy is None else cpu_one_by_one * 1e6,
+        cpu_us_per_chunk=cpu_per_chunk,
         cpu_busy=None if proxy is None else cpu_used / load.duration_s,
         peak_rss_mb=None if proxy is None else _peak_rss_mb(proxy.pid),
         background_cpu=background,
         foreign_on_proxy_core=foreign,
     )
-    served = 2 * plan.warmup + len(chat) + len(stream) + warm.requests + load.requests
+    served = 2 * plan.warmup + len(chat) + len(stream) + streamed + warm.requests + load.requests
     return result, served
+
+
+def measure_streams(
+    name: str, target: Child, proxy: Child | None, plan: Plan
+) -> tuple[int, float | None]:
+    """The proxy's CPU µs per chunk it streamed, over `plan.stream_connections` long streams at
+    once (skipped for `direct`: no proxy). Returns the requests made and the CPU per chunk."""
+    if proxy is None:
+        return 0, None
+    _progress(f"{name}: {plan.stream_connections} streams at once, {plan.stream_words} chunks "
+              f"{plan.stream_chunk_delay * 1000:g} ms apart, {plan.streams_per_connection} "
+              "after one another")  # fmt: skip
+    cpu_before = _cpu_seconds(proxy)
+    load = run_streams(target.port, STREAM_BODY, connections=plan.stream_connections,
+                       requests_per_connection=plan.streams_per_connection,
+                       words=plan.stream_words, delay=plan.stream_chunk_delay,
+                       time_limit=plan.loop_time_limit)  # fmt: skip
+    return load.requests, (_cpu_seconds(proxy) - cpu_before) / load.chunks * 1e6
 
 
 def start_redis(children: Children, tmp: Path) -> str:

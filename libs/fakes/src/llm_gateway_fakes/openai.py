@@ -7,6 +7,8 @@ is configured (401 otherwise). Streams follow the real framing: `data: <json>\\n
 was asked for, then `data: [DONE]\\n\\n`.
 
 Run standalone: `python -m llm_gateway_fakes.openai --port 9000 [--chunk-delay 0.01]`.
+A request may override the completion length and the delay between chunks with the headers
+`X-Fake-Words` and `X-Fake-Chunk-Delay` (seconds), which proxies pass through (bench/ uses them).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class FakeOpenAI:
             return failure
         if not isinstance(body.get("messages"), list):
             return _error(400, "'messages' is a required property", "messages")
-        words = self._words()
+        words = self._words(request)
         usage = self._usage(_prompt_tokens(body.get("messages")), len(words))
         if body.get("stream"):
             return await self._chat_stream(request, body, words, usage)
@@ -141,7 +143,7 @@ class FakeOpenAI:
         body, failure = await self._admit(request)
         if failure is not None:
             return failure
-        words = self._words()
+        words = self._words(request)
         usage = self._usage(_prompt_tokens(body.get("prompt")), len(words))
         base = {
             "id": self._id("cmpl"),
@@ -185,7 +187,7 @@ class FakeOpenAI:
         body, failure = await self._admit(request)
         if failure is not None:
             return failure
-        words = self._words()
+        words = self._words(request)
         prompt = _prompt_tokens(body.get("input"))
         usage = {
             "input_tokens": prompt,
@@ -315,8 +317,9 @@ class FakeOpenAI:
             await asyncio.sleep(0.01)
         return False
 
-    def _words(self) -> list[str]:
-        return [f"word{i} " for i in range(self.behaviour.words)]
+    def _words(self, request: web.Request) -> list[str]:
+        count = int(request.headers.get("X-Fake-Words", self.behaviour.words))
+        return [f"word{i} " for i in range(count)]
 
     def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
         behaviour = self.behaviour
@@ -349,7 +352,7 @@ class FakeOpenAI:
                      "x-request-id": self._id("req")}
         )  # fmt: skip
         await response.prepare(request)
-        delay = self.behaviour.chunk_delay
+        delay = float(request.headers.get("X-Fake-Chunk-Delay", self.behaviour.chunk_delay))
         try:
             for name, event in events:
                 prefix = f"event: {name}\n".encode() if name else b""

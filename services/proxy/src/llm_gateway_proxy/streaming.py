@@ -11,7 +11,7 @@ practice nothing waits).
 Parsing JSON is what costs, so complete events are only parsed when they may say something: until
 the response model is known, and when they hold a `"usage"` that is not null or an `"error"`.
 Every chunk of a stream with `include_usage` (which the gateway adds) carries `"usage":null`, so
-the test counts occurrences rather than looking for the key (`bench/tap.py` measures it).
+the test counts occurrences rather than looking for the key (`bench/sse_tap.py` measures it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """CPU per chunk of the SSE tap alone, on a realistic stream: a micro-benchmark, no processes.
 
-    uv run python bench/tap.py [--chunks 200] [--repeat 7]
+    uv run python bench/sse_tap.py [--chunks 200] [--repeat 7]
 
 The stream is what OpenAI sends for a chat completion when the gateway added
 `stream_options.include_usage`: every chunk carries `"usage":null`, then the usage-only chunk and
@@ -26,7 +26,7 @@ def openai_stream(chunks: int) -> list[bytes]:
     def event(choices: list[object], usage: object = None) -> bytes:
         return b"data: " + orjson.dumps({**base, "choices": choices, "usage": usage}) + b"\n\n"
 
-    def choice(delta: dict[str, str], finish: str | None = None) -> dict[str, object]:
+    def choice(delta: dict[str, str | None], finish: str | None = None) -> dict[str, object]:
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
     usage = {"prompt_tokens": 12, "completion_tokens": chunks, "total_tokens": 12 + chunks,
