@@ -128,4 +128,4 @@ async def test_dispatcher_forwards_newer_events(
     assert await dead_letters(redis, stream_name) == []
     forwarded = [decode_event(line) for line in lines(path)]
     assert [e.outcome for e in forwarded] == ["ok", "fallback", "shed"]
-    assert forwarded[1] == decode_event(written[1])  # the unknown field is dropped, nothing else
+    assert forwarded[1] == decode_event(written[1])  # all that this version knows, unchanged
