@@ -58,9 +58,18 @@ SCENARIOS: dict[str, Values] = {
             "networkPolicy": {
                 "enabled": True,
                 "proxyIngressFrom": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}],
+                "managementIngressFrom": [
+                    {"namespaceSelector": {"matchLabels": {"team": "platform"}}}
+                ],
             },
+            "ingress": {"management": {"enabled": True}},
             "proxy": {
                 "service": {"type": "LoadBalancer"},
+                "management": {"containerPort": 9090, "service": {"port": 9091}},
+                "maxInFlight": 2048,
+                "clientReadTimeout": 120,
+                "passthroughPaths": ["models", "models/*", "files/*"],
+                "forwardAccountHeaders": ["openai-organization"],
                 "corsAllowOrigins": ["https://a.example"],
                 "auth": {"keyCacheTtl": 5, "requestRedisTimeout": 0.25, "rateLimitFailOpen": False},
             },

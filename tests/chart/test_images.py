@@ -72,8 +72,8 @@ def test_one_target_per_service_starting_the_charts_command(render_chart: Render
         command = rendered.container(service)["command"]
         assert command[0] in scripts
         assert _instruction(stages[service], "ENTRYPOINT") == [f'["{command[0]}"]']
-        port = rendered.container(service)["ports"][0]["containerPort"]
-        assert _instruction(stages[service], "EXPOSE") == [str(port)]
+        ports = [str(port["containerPort"]) for port in rendered.container(service)["ports"]]
+        assert _instruction(stages[service], "EXPOSE") == [" ".join(ports)]
         assert _instruction(stages[f"build-{service}"], "RUN") == [
             f"sh docker/install-service.sh {service} /app"
         ]
@@ -180,6 +180,7 @@ def test_the_image_install_runs_the_service(
         "REDIS_URL": f"redis://127.0.0.1:{image_redis.port}/0",
         "DISPATCHER_ENDPOINT": str(context.parent / f"{service}-events.jsonl"),
         "MANAGEMENT_TOKEN": "mt-image-test",  # the proxy needs gateway keys (AUTH_MODE=keys)
+        "MANAGEMENT_LISTEN_ADDR": f"127.0.0.1:{free_port()}",  # the proxy's second listener
     }
     log = context.parent / f"{service}.log"
     with log.open("wb") as out:

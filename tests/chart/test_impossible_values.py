@@ -16,6 +16,10 @@ NO_REDIS = "no Redis configured"
 NO_GATEWAY_KEYS = "proxy.auth.mode=keys needs gateway keys"
 
 CASES: dict[str, tuple[Values, str]] = {
+    "one port for both proxy listeners": (
+        merged(MINIMAL, {"proxy": {"containerPort": 8090}}),
+        "proxy.containerPort and proxy.management.containerPort are both 8090",
+    ),
     "nothing configured": (
         {},
         f"{NO_REDIS} (the proxy writes usage events to it and the "

@@ -26,7 +26,11 @@ def test_a_key_is_created_then_sent(render_chart: RenderChart) -> None:
         "       llm-gateway-proxy keys create --name team-a --tenant team-a"
     )
     assert "get secret gateway-manage -o jsonpath='{.data.management-token}' | base64 -d" in notes
-    assert 'curl -sS "${OPENAI_BASE_URL%/v1}/manage/keys"' in notes
+    # The management listener is on neither the main Service nor the Ingress: port-forward.
+    forward = "kubectl --namespace ai port-forward service/gw-llm-gateway-management 8090:8090"
+    assert forward in notes
+    assert 'curl -sS "$MANAGEMENT_URL/manage/keys"' in notes
+    assert "export MANAGEMENT_URL=http://127.0.0.1:8090" in notes
     assert '-H "Authorization: Bearer $MANAGEMENT_TOKEN"' in notes
     first_request = notes.index('curl -sS -i "$OPENAI_BASE_URL/chat/completions"')
     assert create < first_request
@@ -59,6 +63,11 @@ def test_no_authentication_is_a_warning(render_chart: RenderChart) -> None:
 def test_an_ingress_gives_its_host(render_chart: RenderChart) -> None:
     notes = render_chart(merged(MINIMAL, INGRESS)).notes
     assert "export OPENAI_BASE_URL=https://llm.example.com/v1" in notes
+    assert "port-forward service/gw-llm-gateway-management" in notes  # management is not on it
+    with_management = merged(MINIMAL, INGRESS, {"ingress": {"management": {"enabled": True}}})
+    notes = render_chart(with_management).notes
+    assert "export MANAGEMENT_URL=${OPENAI_BASE_URL%/v1}" in notes
+    assert "gw-llm-gateway-management" not in notes
 
 
 def test_a_load_balancer_gives_its_address(render_chart: RenderChart) -> None:

@@ -100,9 +100,15 @@ def test_network_policies(render_chart: RenderChart) -> None:
     policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]
                 for p in rendered.of_kind("NetworkPolicy")}  # fmt: skip
     assert set(policies) == {"proxy", "collector", "dispatcher"}
-    (rule,) = policies["proxy"]["ingress"]
-    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
-    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}]
+    api, management = policies["proxy"]["ingress"]
+    assert api["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert api["from"] == [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}]
+    assert management["ports"] == [{"port": "management", "protocol": "TCP"}]
+    assert management["from"] == [{"namespaceSelector": {"matchLabels": {"team": "platform"}}}]
+    # Without managementIngressFrom, the management port is reachable from no one.
+    only_api = render_chart(merged(MINIMAL, {"networkPolicy": {"enabled": True}}))
+    (rule,) = only_api.one("NetworkPolicy", "proxy")["spec"]["ingress"]
+    assert rule == {"ports": [{"port": "http", "protocol": "TCP"}]}
     assert policies["collector"]["ingress"] == []
     ci = render_chart(SCENARIOS["ci"])
     (redis,) = [p for p in ci.of_kind("NetworkPolicy")

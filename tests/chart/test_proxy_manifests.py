@@ -37,8 +37,23 @@ def test_the_service_selects_the_proxy_pods_and_only_them(render_chart: RenderCh
     assert _selects(selector, _pod_labels(rendered, "proxy"))
     for other in ("collector", "dispatcher", "redis"):
         assert not _selects(selector, _pod_labels(rendered, other))
-    port = service["spec"]["ports"][0]
+    (port,) = service["spec"]["ports"]  # the management listener is not on it
     assert (port["name"], port["port"], port["targetPort"]) == ("http", 80, "http")
+
+
+def test_management_has_its_own_cluster_internal_service(render_chart: RenderChart) -> None:
+    # Even when the main Service is a LoadBalancer, management stays inside the cluster.
+    rendered = render_chart(SCENARIOS["everything"])
+    assert rendered.get("Service", FULLNAME)["spec"]["type"] == "LoadBalancer"
+    management = rendered.get("Service", f"{FULLNAME}-management")
+    assert management["spec"]["type"] == "ClusterIP"
+    assert management["spec"]["selector"] == rendered.get("Service", FULLNAME)["spec"]["selector"]
+    assert management["spec"]["ports"] == [
+        {"name": "management", "port": 9091, "targetPort": "management", "protocol": "TCP"}
+    ]
+    container = rendered.container("proxy")
+    assert {"name": "management", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    assert _config(rendered)["MANAGEMENT_LISTEN_ADDR"] == "0.0.0.0:9090"
 
 
 def test_the_container_listens_where_the_probes_and_the_service_look(
@@ -47,8 +62,12 @@ def test_the_container_listens_where_the_probes_and_the_service_look(
     rendered = render_chart(merged(MINIMAL, {"proxy": {"containerPort": 9000}}))
     container = rendered.container("proxy")
     assert container["command"] == ["llm-gateway-proxy"]
-    assert container["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 9000, "protocol": "TCP"},
+        {"name": "management", "containerPort": 8090, "protocol": "TCP"},
+    ]
     assert _config(rendered)["LISTEN_ADDR"] == "0.0.0.0:9000"
+    assert _config(rendered)["MANAGEMENT_LISTEN_ADDR"] == "0.0.0.0:8090"
     assert http_probes(container) == {
         "startupProbe": ("/live", 9000),
         "livenessProbe": ("/live", 9000),
@@ -62,6 +81,8 @@ def test_values_reach_the_proxy_variables(render_chart: RenderChart) -> None:
         "upstream": {"baseUrl": "http://vllm.ml:8000/v1", "clientTimeout": 900,
                      "connectTimeout": 2.5, "poolSize": 64},
         "maxRequestBodyBytes": 8388608, "corsAllowOrigins": ["https://a.example", "https://b"],
+        "management": {"containerPort": 9100}, "maxInFlight": 64, "clientReadTimeout": 7.5,
+        "passthroughPaths": [], "forwardAccountHeaders": ["openai-organization", "openai-project"],
         "redisTimeout": 0.5, "metering": {"streamMaxLen": 5000000, "queueSize": 1000,
                                           "batchSize": 50, "flushInterval": 0.01,
                                           "captureBytes": 4096},
@@ -69,10 +90,15 @@ def test_values_reach_the_proxy_variables(render_chart: RenderChart) -> None:
         "events": {"stream": "gw:usage"}})  # fmt: skip
     assert _config(render_chart(values)) == {
         "LISTEN_ADDR": "0.0.0.0:8080",
+        "MANAGEMENT_LISTEN_ADDR": "0.0.0.0:9100",
+        "MAX_IN_FLIGHT": "64",
+        "CLIENT_READ_TIMEOUT": "7.5",
         "UPSTREAM_OPENAI_BASE_URL": "http://vllm.ml:8000/v1",
         "HTTP_CLIENT_TIMEOUT": "900",
         "HTTP_CONNECT_TIMEOUT": "2.5",
         "UPSTREAM_POOL_SIZE": "64",
+        "PASSTHROUGH_PATHS": "none",
+        "FORWARD_ACCOUNT_HEADERS": "openai-organization,openai-project",
         "MAX_REQUEST_BODY_BYTES": "8388608",
         "CORS_ALLOW_ORIGINS": "https://a.example,https://b",
         "REDIS_TIMEOUT": "0.5",
@@ -176,9 +202,21 @@ def test_the_ingress_routes_to_the_service_without_buffering_streams(
     assert ingress["spec"]["tls"] == [{"secretName": "llm-tls", "hosts": ["llm.example.com"]}]
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] == "llm.example.com"
-    backend: dict[str, Any] = rule["http"]["paths"][0]["backend"]["service"]
+    (path,) = rule["http"]["paths"]  # `/` only: never the management listener
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")
+    backend: dict[str, Any] = path["backend"]["service"]
     assert backend == {"name": FULLNAME, "port": {"name": "http"}}
     assert render_chart(MINIMAL).of_kind("Ingress") == []
+
+
+def test_the_ingress_routes_management_only_when_asked(render_chart: RenderChart) -> None:
+    values = merged(MINIMAL, INGRESS, {"ingress": {"management": {"enabled": True}}})
+    (rule,) = render_chart(values).get("Ingress", FULLNAME)["spec"]["rules"]
+    routes = {p["path"]: (p["pathType"], p["backend"]["service"]) for p in rule["http"]["paths"]}
+    assert routes == {
+        "/manage": ("Prefix", {"name": f"{FULLNAME}-management", "port": {"name": "management"}}),
+        "/": ("Prefix", {"name": FULLNAME, "port": {"name": "http"}}),
+    }
 
 
 def test_an_ingress_without_hosts_routes_every_host(render_chart: RenderChart) -> None:

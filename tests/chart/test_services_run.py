@@ -63,6 +63,7 @@ def _local(scenario: str, *layers: Values) -> Values:
             "listenHost": "127.0.0.1",
             "events": {"stream": f"chart-test:{scenario}:{uuid.uuid4().hex[:8]}"},
             "proxy": {"containerPort": free_port(),
+                      "management": {"containerPort": free_port()},
                       "upstream": {"baseUrl": f"http://127.0.0.1:{free_port()}/v1"}},
             "collector": {"containerPort": free_port()},
             "dispatcher": {"containerPort": free_port()},
@@ -120,8 +121,11 @@ def _create_key_as_notes_say(proxy: LocalPod) -> str:
 
 
 def _create_key_with_the_api(proxy: LocalPod) -> str:
-    """`POST /manage/keys` with the management token the pod got from its Secret."""
-    port = proxy.container["ports"][0]["containerPort"]
+    """`POST /manage/keys` on the management port, with the management token the pod got from
+    its Secret (the API port does not serve it)."""
+    ports = {port["name"]: port["containerPort"] for port in proxy.container["ports"]}
+    assert http_status(f"http://127.0.0.1:{ports['http']}/manage/keys") == 404
+    port = ports["management"]
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/manage/keys", method="POST",
         data=json.dumps({"name": "ci", "tenant": "ci"}).encode(),

@@ -28,6 +28,7 @@ PASSED_THROUGH = {
     "/definitions/volume",
     "/properties/proxy/properties/autoscaling/properties/behavior",
     "/properties/networkPolicy/properties/proxyIngressFrom/items",
+    "/properties/networkPolicy/properties/managementIngressFrom/items",
 }
 
 

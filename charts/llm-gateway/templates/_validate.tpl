@@ -56,6 +56,9 @@ llm-gateway: proxy.autoscaling.minReplicas ({{ $proxy.autoscaling.minReplicas }}
 {{- if and $proxy.autoscaling.enabled (kindIs "invalid" $proxy.autoscaling.targetCPUUtilizationPercentage) (kindIs "invalid" $proxy.autoscaling.targetMemoryUtilizationPercentage) }}
 llm-gateway: proxy.autoscaling.enabled=true needs a target: set proxy.autoscaling.targetCPUUtilizationPercentage or proxy.autoscaling.targetMemoryUtilizationPercentage.
 {{- end }}
+{{- if eq (int64 $proxy.containerPort) (int64 $proxy.management.containerPort) }}
+llm-gateway: proxy.containerPort and proxy.management.containerPort are both {{ $proxy.containerPort }}: the API and management listeners need a port each.
+{{- end }}
 {{- $pdb := $proxy.podDisruptionBudget }}
 {{- if and $pdb.enabled (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "invalid" $pdb.maxUnavailable)) }}
 llm-gateway: set only one of proxy.podDisruptionBudget.minAvailable and proxy.podDisruptionBudget.maxUnavailable (the other to null).
