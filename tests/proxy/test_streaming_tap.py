@@ -177,9 +177,13 @@ def mixed_stream() -> tuple[bytes, bytes]:
     return full, b"".join([*body, events[-1]])
 
 
-@given(st.lists(st.integers(min_value=0, max_value=100_000), max_size=40))
-def test_fast_path_gives_the_same_bytes_usage_and_model_for_any_split(cuts: list[int]) -> None:
+@given(st.lists(st.integers(min_value=0, max_value=100_000), max_size=40), st.booleans())
+def test_fast_path_gives_the_same_bytes_usage_and_model_for_any_split(
+    cuts: list[int], crlf: bool
+) -> None:
     full, stripped = mixed_stream()
+    if crlf:
+        full, stripped = full.replace(b"\n", b"\r\n"), stripped.replace(b"\n", b"\r\n")
     for strip, expected in ((True, stripped), (False, full)):
         whole = SSETap(strip_usage_chunk=strip)  # one piece: every event parsed
         assert run(whole, [full]) == expected
@@ -188,3 +192,21 @@ def test_fast_path_gives_the_same_bytes_usage_and_model_for_any_split(cuts: list
         assert (tap.usage, tap.response_model, tap.errored, tap.events) == (
             whole.usage, whole.response_model, whole.errored, whole.events)  # fmt: skip
         assert tap.usage is not None and tap.usage.total == 14
+
+
+def test_responses_api_event_by_event_parses_only_what_may_carry_model_or_usage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def named(name: str, payload: dict[str, object]) -> bytes:
+        return f"event: {name}\n".encode() + chunk({"type": name, **payload})
+
+    created = named("response.created", {"response": {"model": "gpt-4o", "usage": None}})
+    deltas = [named("response.output_text.delta", {"delta": f"w{i}"}) for i in range(50)]
+    completed = named("response.completed", {"response": {"model": "gpt-4o", "usage": {
+        "input_tokens": 9, "output_tokens": 50, "total_tokens": 59}}})  # fmt: skip
+    parsed = count_parses(monkeypatch)
+    tap = SSETap(strip_usage_chunk=False)
+    events = [created, *deltas, completed]
+    assert run(tap, events) == b"".join(events)
+    assert parsed == [created, completed]
+    assert tap.usage == Usage(prompt=9, completion=50, total=59)

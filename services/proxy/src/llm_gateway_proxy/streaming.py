@@ -51,7 +51,7 @@ class SSETap:
             self._pending = buffer
             return chunk if not self._strip_usage_chunk else b""
         complete, self._pending = buffer[:end], buffer[end:]
-        self.events += complete.count(b"\n\n") or 1
+        self.events += complete.count(b"\n\n") or complete.count(b"\r\n\r\n") or 1
         if self.response_model is None or _may_carry_usage(complete) or _ERROR in complete:
             kept = self._inspect(complete)
         else:
