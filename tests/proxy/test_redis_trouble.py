@@ -5,6 +5,7 @@ admission follows RATE_LIMIT_FAIL_OPEN, and when Redis returns limits hold again
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 from llm_gateway_fakes.openai import FakeOpenAI
 from llm_gateway_proxy.keys import KeyRecord, Limits, hash_key, new_key, new_key_id
 from llm_gateway_proxy.keystore import KeyStore
+from llm_gateway_proxy.redisgate import RedisGate, RedisUnavailable
 from tests.conftest import ProxyFactory
 from tests.support.servers import LocalRedis, free_port
 from tests.support.services import ProxyProcess
@@ -202,3 +204,21 @@ async def test_fail_closed_refuses_when_the_tenants_limits_are_unknown(
     statuses, _ = await run(http, opened, key, 3)
     assert statuses == [200] * 3
     assert upstream.received and len(upstream.received) == 3
+
+
+async def test_a_refusal_the_probe_cannot_see_makes_the_probe_back_off(redis_url: str) -> None:
+    """Each close is followed by the same refusal (as CROSSSLOT would be): the breaker must not
+    flap, and ask Redis, every probe interval."""
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+    gate = RedisGate(client, timeout=1, probe_interval=0.05)
+    try:
+        give_up = time.monotonic() + 2
+        while time.monotonic() < give_up:
+            with contextlib.suppress(RedisUnavailable):
+                await gate.write(client.execute_command, "NO-SUCH-COMMAND")
+            await asyncio.sleep(0.01)
+        # Without backing off: one failed call per 0.05 s, about 40.
+        assert 2 <= gate.failures <= 8, gate.failures
+    finally:
+        await gate.close()
+        await client.aclose()

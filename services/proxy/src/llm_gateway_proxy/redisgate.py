@@ -5,7 +5,8 @@ and, on the request path, a circuit breaker.
                         the command (OOM, READONLY, CROSSSLOT, LOADING, ...), or the breaker is
                         open and it was not asked at all. Chained (`from`) to the redis error.
 
-Request-path calls go through `read` or `write`. The first that fails opens the breaker: from
+Request-path calls go through `read` or `write`. The first that fails opens the breaker (unless
+another call succeeded while it waited: then Redis answers, and only that call was unlucky): from
 then on those calls fail at once, without awaiting anything, and a background probe asks Redis
 every `probe_interval` (with the same timeout) until it answers, then closes the breaker. So an
 outage of any length costs the request path one timeout, paid by the requests in flight when it
@@ -38,6 +39,8 @@ T = TypeVar("T")
 
 PROBE_KEY = "llm-gateway:gate:probe"
 _PROBE_TTL_MS = 60_000
+_FLAP_SECONDS = 1.0
+_MAX_INTERVAL = 30.0
 
 State = Literal["closed", "writes_refused", "open"]
 
@@ -62,6 +65,9 @@ class RedisGate:
         self.failures = 0
         self.rejected = 0
         self._down_since = 0.0
+        self._answered_at = -1.0  # when a request-path call last succeeded
+        self._closed_at = -_FLAP_SECONDS
+        self._interval = probe_interval
         self._probe: asyncio.Task[None] | None = None
 
     @property
@@ -109,24 +115,39 @@ class RedisGate:
     async def _guarded(
         self, write: bool, command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
     ) -> T:
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout):
-                return await command(*args, **kwargs)
+                result = await command(*args, **kwargs)
         except ResponseError as exc:
             # Redis answered, and refused. A refused write leaves reads alone (OOM, READONLY);
             # a refused read means reads are refused too.
+            self.failures += 1
             self._trip(exc, "writes_refused" if write else "open")
             raise RedisUnavailable(_reason(exc)) from exc
         except (RedisError, OSError, TimeoutError) as exc:
-            self._trip(exc, "open")
+            self.failures += 1
+            # Another call succeeded while this one waited: Redis answers, this call was unlucky
+            # (a busy moment, a burst of new connections, one dropped connection). Only when
+            # nothing got through is it an outage.
+            if self._answered_at < started:
+                self._trip(exc, "open")
             raise RedisUnavailable(_reason(exc)) from exc
+        self._answered_at = time.monotonic()
+        return result
 
     def _trip(self, exc: BaseException, to: State) -> None:
-        self.failures += 1
         if self.state in ("open", to):
             return
         if self.state == "closed":
             self._down_since = time.monotonic()
+            # Reopened right after the probe closed it: a refusal the probe cannot see (such as
+            # CROSSSLOT). Probe less often, so it costs a failed call and two log lines per
+            # `_MAX_INTERVAL`, not per half second.
+            flapping = self._down_since - self._closed_at < _FLAP_SECONDS
+            self._interval = min(self._interval * 2, _MAX_INTERVAL) if flapping else (
+                self.probe_interval
+            )  # fmt: skip
         self.state = to
         log.error("redis_circuit_opened", state=to, reason=_reason(exc))
         if self._probe is None:
@@ -138,7 +159,7 @@ class RedisGate:
     async def _probing(self) -> None:
         try:
             while self.state != "closed":
-                await asyncio.sleep(self.probe_interval)
+                await asyncio.sleep(self._interval)
                 try:
                     async with asyncio.timeout(self.timeout):
                         await self.redis.set(PROBE_KEY, b"1", px=_PROBE_TTL_MS)
@@ -151,7 +172,8 @@ class RedisGate:
                     pass
                 else:
                     self.state = "closed"
-                    down = round(time.monotonic() - self._down_since, 3)
+                    self._closed_at = self._answered_at = time.monotonic()
+                    down = round(self._closed_at - self._down_since, 3)
                     log.warning("redis_circuit_closed", down_seconds=down)
         finally:
             if self._probe is asyncio.current_task():
