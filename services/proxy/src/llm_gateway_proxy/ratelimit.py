@@ -16,8 +16,9 @@ refused with 503.
 
 from __future__ import annotations
 
+import math
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
@@ -153,8 +154,10 @@ def _limit_args(limits: Limits) -> list[int]:
 
 
 def _counter_keys(owner: str, limits: Limits, minute: int) -> list[str]:
-    """(requests this minute, tokens this minute, tokens this budget period) of `owner`."""
-    now = datetime.now(UTC)
+    """(requests this minute, tokens this minute, tokens this budget period) of `owner`. The
+    period is the one `minute` falls in, so that a charge computed at 23:59:59.9 and a window
+    stamped a moment later cannot land in different days."""
+    now = datetime.fromtimestamp(minute * 60, UTC)
     stamp = {"daily": now.strftime("%Y%m%d"), "monthly": now.strftime("%Y%m"), "total": "all"}
     return [f"{PREFIX}{owner}:rpm:{minute}", f"{PREFIX}{owner}:tpm:{minute}",
             f"{PREFIX}{owner}:budget:{stamp[limits.budget_period]}"]  # fmt: skip
@@ -164,14 +167,19 @@ def _budget_ttl(period: str) -> int | None:
     return {"daily": 2 * 86_400, "monthly": 32 * 86_400}.get(period)
 
 
-def _reset_seconds(limit: str, limits: Limits) -> int:
-    now = datetime.now(UTC)
+def _reset_seconds(limit: str, limits: Limits, now: datetime | None = None) -> int:
+    """Seconds until `limit` resets (the `Retry-After`): the next UTC minute for per-minute
+    limits; for budgets the next midnight UTC (daily) or the first instant of the next calendar
+    month, UTC (monthly, whatever the month's length); 0 for a total budget, which never does."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
     if limit in ("requests", "tokens"):
         return 60 - now.second
     period = limits.budget_period
     if period == "daily":
-        return 86_400 - (now.hour * 3600 + now.minute * 60 + now.second)
-    if period == "monthly":
-        days = 31 - now.day + 1
-        return days * 86_400 - (now.hour * 3600 + now.minute * 60 + now.second)
-    return 0  # a total budget does not reset
+        ends = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+    elif period == "monthly":
+        year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
+        ends = datetime(year, month, 1, tzinfo=UTC)
+    else:
+        return 0
+    return math.ceil((ends - now).total_seconds())
