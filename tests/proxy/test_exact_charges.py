@@ -196,3 +196,20 @@ async def test_charges_survive_a_full_event_queue_and_a_timed_out_batch_is_not_w
     assert sorted(e.event_id for e in stored) == sorted(e.event_id for e in events[:4])
     assert publisher.batches_written_before == 1, "the stalled batch was not run on thawing"
     assert (publisher.written, publisher.dropped, publisher.queued) == (4, 6, 0)
+
+
+async def test_the_stream_is_still_trimmed_to_about_its_maxlen(
+    server: LocalRedis, client: aioredis.Redis
+) -> None:
+    writer = aioredis.Redis.from_url(server.url, socket_timeout=2)
+    publisher = EventPublisher(
+        writer, stream="llm-gateway:events", maxlen=200, queue_size=10_000, batch_size=500,
+        flush_interval=0, timeout=2,
+    )  # fmt: skip
+    runner = asyncio.create_task(publisher.run())
+    for index in range(2000):
+        publisher.publish(make_event(index))
+    await publisher.close(runner, grace=5)
+    await writer.aclose()
+    assert publisher.written == 2000
+    assert 200 <= await client.xlen("llm-gateway:events") < 200 + 500 + 100  # "~": whole nodes

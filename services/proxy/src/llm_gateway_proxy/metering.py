@@ -52,6 +52,7 @@ _MARKER_TTL = 7 * 86_400
 # KEYS: the stream, this publisher's marker, then one counter per charge.
 # ARGV: the batch's sequence number, the marker's TTL, MAXLEN (0: none), the entry's field,
 # the number of events n, the n encoded events, then per charge its amount and TTL (0: none).
+# The stream is trimmed (MAXLEN ~) once per batch rather than at each XADD: the same bound.
 # Returns {1, refused, first error} when written, {0} when this batch was written before. The
 # marker is the first write: a Redis out of memory refuses the script before it writes anything.
 # Past it, a refused XADD or INCRBY (a key of another type) is counted, not retried: retrying
@@ -69,12 +70,9 @@ local function write(result)
 end
 local count = tonumber(ARGV[5])
 for i = 6, 5 + count do
-  if ARGV[3] == '0' then
-    write(redis.pcall('XADD', KEYS[1], '*', ARGV[4], ARGV[i]))
-  else
-    write(redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', ARGV[4], ARGV[i]))
-  end
+  write(redis.pcall('XADD', KEYS[1], '*', ARGV[4], ARGV[i]))
 end
+if ARGV[3] ~= '0' then write(redis.pcall('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[3])) end
 local arg = 6 + count
 for k = 3, #KEYS do
   write(redis.pcall('INCRBY', KEYS[k], ARGV[arg]))
