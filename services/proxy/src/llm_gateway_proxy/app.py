@@ -20,15 +20,19 @@ from llm_gateway_common.heap import settle_after_startup
 from llm_gateway_common.streams import connect_redis
 from llm_gateway_proxy import health
 from llm_gateway_proxy.access import Access
-from llm_gateway_proxy.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
-from llm_gateway_proxy.errors import GatewayError, MethodNotAllowed, NotFound
+from llm_gateway_proxy.bodyread import BodyReadDeadline
+from llm_gateway_proxy.errors import GatewayError, HTTPStatusError, MethodNotAllowed, NotFound
 from llm_gateway_proxy.exchange import REQUEST_ID_HEADER, new_request_id
 from llm_gateway_proxy.gateway import Gateway
 from llm_gateway_proxy.handlers import ProxyHandler
+from llm_gateway_proxy.inflight import InFlight, InFlightLimit
 from llm_gateway_proxy.keystore import KeyStore, load_static_keys
+from llm_gateway_proxy.listeners import Listeners
 from llm_gateway_proxy.manage import create_management_app
 from llm_gateway_proxy.metering import EventPublisher
+from llm_gateway_proxy.paths import CanonicalPaths, PathTable
 from llm_gateway_proxy.ratelimit import RateLimiter
+from llm_gateway_proxy.redisgate import RedisGate
 from llm_gateway_proxy.settings import ProxySettings
 from llm_gateway_proxy.upstream import Upstream
 
@@ -37,9 +41,12 @@ log = structlog.get_logger("llm_gateway.proxy")
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None) -> Starlette:
-    """Build the proxy. `stopping` is set by the server on SIGTERM (readiness turns 503)."""
+def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None) -> Listeners:
+    """Build the proxy: the data-plane app (which owns the lifespan) and the management app,
+    told apart by the port a request came on. `stopping` is set by the server on SIGTERM
+    (readiness turns 503)."""
     stop_signal = stopping if stopping is not None else asyncio.Event()
+    in_flight = InFlight(settings.max_in_flight)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -57,11 +64,13 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
             flush_interval=settings.event_flush_interval,
             timeout=settings.redis_timeout,
         )
+        # One breaker for every request-path Redis call (key lookups and admission).
+        gate = RedisGate(redis, timeout=settings.request_redis_timeout)
         access = Access(
-            KeyStore(redis, cache_ttl=settings.key_cache_ttl,
-                     timeout=settings.request_redis_timeout, static=static_keys),
-            RateLimiter(redis, timeout=settings.request_redis_timeout,
-                        fail_open=settings.rate_limit_fail_open),
+            KeyStore(redis, cache_ttl=settings.key_cache_ttl, timeout=gate.timeout,
+                     static=static_keys, gate=gate),
+            RateLimiter(redis, timeout=gate.timeout, fail_open=settings.rate_limit_fail_open,
+                        gate=gate),
             enabled=settings.auth_mode == "keys",
         )  # fmt: skip
         if not access.enabled:
@@ -70,25 +79,26 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
         runner = asyncio.create_task(publisher.run(), name="event-publisher")
         settle_after_startup()
         try:
-            yield {"gateway": Gateway(settings, upstream, publisher, access, stop_signal)}
+            gateway = Gateway(settings, upstream, publisher, access, stop_signal)
+            yield {"gateway": gateway, "in_flight": in_flight}
         finally:
             stop_signal.set()
             await publisher.close(runner, grace=max(settings.redis_timeout * 3, 5.0))
             await upstream.close()
+            await gate.close()
             await redis.aclose()
 
+    # Every `/v1/*` request goes to one handler, which resolves the (canonical) path itself:
+    # a metered API, an allowed pass-through, or 404 (paths.py).
+    handler = ProxyHandler(PathTable(settings.passthrough_paths))
     routes = [
-        Route(CHAT.path, ProxyHandler(CHAT), methods=["POST"]),
-        Route(COMPLETIONS.path, ProxyHandler(COMPLETIONS), methods=["POST"]),
-        Route(EMBEDDINGS.path, ProxyHandler(EMBEDDINGS), methods=["POST"]),
-        Route(RESPONSES.path, ProxyHandler(RESPONSES), methods=["POST"]),
-        Route("/v1/{path:path}", ProxyHandler(None), methods=_ALL_METHODS),
-        Mount("/manage", app=create_management_app()),
-        Route("/health", health.health, methods=["GET"]),
+        Route("/v1/{path:path}", handler, methods=_ALL_METHODS),
+        Route("/v1", handler, methods=_ALL_METHODS),  # 404 from the handler, not a redirect
         Route("/live", health.live, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),
     ]
-    middleware = []
+    # Outermost: no router, middleware or handler ever sees a path with two readings.
+    middleware = [Middleware(CanonicalPaths)]
     if settings.cors_allow_origins:
         middleware.append(
             Middleware(
@@ -100,24 +110,43 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
                 max_age=600,
             )
         )
-    return Starlette(
+    # After CORS, so that a refusal still carries its headers; before the handlers, so that a
+    # refused request costs nothing but the answer.
+    middleware.append(Middleware(InFlightLimit, in_flight=in_flight))
+    middleware.append(Middleware(BodyReadDeadline, timeout=settings.client_read_timeout))
+    data_plane = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
+    management = Starlette(
+        routes=[
+            Mount("/manage", app=create_management_app()),
+            Route("/health", health.health, methods=["GET"]),
+            Route("/live", health.live, methods=["GET"]),
+            Route("/ready", health.ready, methods=["GET"]),
+        ],
+        middleware=[Middleware(CanonicalPaths)],
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    return Listeners(data_plane, management, management_port=settings.management_listen_port)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 (outside `/v1/*`), rendered as OpenAI errors."""
+    """Starlette's own HTTP errors (404/405 outside `/v1/*`, and any other status it raises),
+    rendered as OpenAI errors with the same status."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     err: GatewayError
     if status == 405:
         err = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
     elif status == 404:
         err = NotFound(f"Unknown request URL: {request.method} {request.url.path}.")
+    elif 400 <= status < 600:
+        detail = str(getattr(exc, "detail", "")) or "Request failed."
+        err = HTTPStatusError(detail, status=status)
     else:
-        err = GatewayError(str(getattr(exc, "detail", "")) or "Request failed.")
+        err = GatewayError("Request failed.")
     return _render(err)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Literal
 
@@ -11,6 +12,23 @@ from llm_gateway_common.config import ConfigError, Env
 from llm_gateway_common.streams import DEFAULT_REDIS_URL, DEFAULT_STREAM
 
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
+# The OpenAI APIs forwarded untouched by default (PASSTHROUGH_PATHS; `*` is one path segment):
+# models, files, uploads, batches and stored completions/responses, and the paid APIs whose
+# answers report their usage (images, audio, moderations). Whatever runs a model on its own
+# schedule (assistants, threads, fine-tuning, vector stores) stays off until an operator allows it.
+DEFAULT_PASSTHROUGH = (
+    "models", "models/*",
+    "files", "files/*", "files/*/content",
+    "uploads", "uploads/*/parts", "uploads/*/complete", "uploads/*/cancel",
+    "batches", "batches/*", "batches/*/cancel",
+    "chat/completions", "chat/completions/*", "chat/completions/*/messages",
+    "responses/*", "responses/*/cancel", "responses/*/input_items",
+    "images/generations", "images/edits", "images/variations",
+    "audio/speech", "audio/transcriptions", "audio/translations",
+    "moderations",
+)  # fmt: skip
+_ACCOUNT_HEADERS = ("openai-organization", "openai-project")
+_SEGMENT = re.compile(r"^(?:\*|[A-Za-z0-9_\-.:~]+)$")
 
 
 class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +60,12 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     key_cache_ttl: float = 2.0
     request_redis_timeout: float = 0.1
     rate_limit_fail_open: bool = True
+    management_listen_host: str = "0.0.0.0"
+    management_listen_port: int = 8090
+    max_in_flight: int = 512
+    client_read_timeout: float = 60.0
+    passthrough_paths: tuple[str, ...] = DEFAULT_PASSTHROUGH
+    forward_account_headers: tuple[bytes, ...] = ()
 
     def __repr__(self) -> str:  # never print the upstream key or the management token
         return (
@@ -54,6 +78,12 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
         """Read the environment; raises ConfigError naming the variable that is wrong."""
         env = Env(environ)
         host, port = env.listen_addr("LISTEN_ADDR", "0.0.0.0:8080")
+        # The listeners are told apart by port, so they cannot share one.
+        management_host, management_port = env.listen_addr("MANAGEMENT_LISTEN_ADDR", "0.0.0.0:8090")
+        if management_port == port:
+            raise ConfigError(
+                f"MANAGEMENT_LISTEN_ADDR must use another port than LISTEN_ADDR ({port})"
+            )
         base_url = env.text("UPSTREAM_OPENAI_BASE_URL", DEFAULT_UPSTREAM).rstrip("/")
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"UPSTREAM_OPENAI_BASE_URL must be an http(s) URL, got {base_url!r}")
@@ -98,4 +128,41 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
             key_cache_ttl=env.number("KEY_CACHE_TTL", 2.0, minimum=0),
             request_redis_timeout=env.number("REQUEST_REDIS_TIMEOUT", 0.1, minimum=0.001),
             rate_limit_fail_open=env.flag("RATE_LIMIT_FAIL_OPEN", True),
+            passthrough_paths=_passthrough_paths(env),
+            forward_account_headers=_account_headers(env),
+            management_listen_host=management_host,
+            management_listen_port=management_port,
+            max_in_flight=env.integer("MAX_IN_FLIGHT", 512, minimum=1),
+            client_read_timeout=env.number("CLIENT_READ_TIMEOUT", 60.0, minimum=0.001),
         )
+
+
+def _passthrough_paths(env: Env) -> tuple[str, ...]:
+    """PASSTHROUGH_PATHS: unset = the default list, `none` = no pass-through at all."""
+    value = env.optional_text("PASSTHROUGH_PATHS")
+    if value is None:
+        return DEFAULT_PASSTHROUGH
+    if value.lower() == "none":
+        return ()
+    patterns = tuple(p.strip().strip("/") for p in env.csv("PASSTHROUGH_PATHS") if p.strip("/ "))
+    for pattern in patterns:
+        segments = pattern.split("/")
+        if segments[0] == "*" or not all(
+            _SEGMENT.match(s) and s not in (".", "..") for s in segments
+        ):
+            raise ConfigError(
+                f"PASSTHROUGH_PATHS: {pattern!r} is not a path under /v1 made of segments "
+                "(letters, digits, _-.:~) and * (any one segment, not the first)"
+            )
+    return patterns
+
+
+def _account_headers(env: Env) -> tuple[bytes, ...]:
+    names = tuple(name.strip().lower() for name in env.csv("FORWARD_ACCOUNT_HEADERS"))
+    for name in names:
+        if name not in _ACCOUNT_HEADERS:
+            raise ConfigError(
+                f"FORWARD_ACCOUNT_HEADERS: {name!r} is not one of OpenAI-Organization, "
+                "OpenAI-Project"
+            )
+    return tuple(name.encode() for name in names)
