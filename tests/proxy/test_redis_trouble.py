@@ -57,8 +57,23 @@ async def saved_key(client: aioredis.Redis, tenant: str, **fields: object) -> st
     return key
 
 
-def start_proxy(proxy_factory: ProxyFactory, server: LocalRedis, **env: str) -> ProxyProcess:
-    return proxy_factory(AUTH_MODE="keys", MANAGEMENT_TOKEN="t", REDIS_URL=server.url,
+@pytest.fixture
+def proxies(proxy_factory: ProxyFactory) -> Iterator[ProxyFactory]:
+    """Proxies stopped when the test ends: left running against a dead Redis, they would
+    probe and retry through the rest of the session."""
+    started: list[ProxyProcess] = []
+
+    def start(**env: str) -> ProxyProcess:
+        started.append(proxy_factory(**env))
+        return started[-1]
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+def start_proxy(proxies: ProxyFactory, server: LocalRedis, **env: str) -> ProxyProcess:
+    return proxies(AUTH_MODE="keys", MANAGEMENT_TOKEN="t", REDIS_URL=server.url,
                          REQUEST_REDIS_TIMEOUT=str(TIMEOUT), KEY_CACHE_TTL=str(CACHE_TTL),
                          **env)  # fmt: skip
 
@@ -98,7 +113,7 @@ async def baseline(http: aiohttp.ClientSession, proxy: ProxyProcess, key: str) -
     [("hung", "true", 200), ("hung", "false", 503), ("dead", "true", 200), ("dead", "false", 503)],
 )
 async def test_an_outage_costs_one_timeout_not_one_per_request(
-    proxy_factory: ProxyFactory, upstream: FakeOpenAI, http: aiohttp.ClientSession,
+    proxies: ProxyFactory, upstream: FakeOpenAI, http: aiohttp.ClientSession,
     server: LocalRedis, client: aioredis.Redis, trouble: str, fail_open: str, status: int,
 ) -> None:  # fmt: skip
     tenant = f"tenant-{new_key_id()}"
@@ -106,7 +121,7 @@ async def test_an_outage_costs_one_timeout_not_one_per_request(
         tenant, Limits(requests_per_minute=10_000)
     )
     key = await saved_key(client, tenant, limits=Limits(requests_per_minute=10_000))
-    proxy = start_proxy(proxy_factory, server, RATE_LIMIT_FAIL_OPEN=fail_open)
+    proxy = start_proxy(proxies, server, RATE_LIMIT_FAIL_OPEN=fail_open)
     per_request = await baseline(http, proxy, key)  # and the cache is warm
     if trouble == "hung":
         server.freeze()
@@ -128,13 +143,13 @@ async def test_an_outage_costs_one_timeout_not_one_per_request(
 
 @pytest.mark.parametrize("refusal", ["OOM", "READONLY"])
 async def test_a_redis_refusing_writes_is_not_asked_per_request_and_keys_still_work(
-    proxy_factory: ProxyFactory, upstream: FakeOpenAI, http: aiohttp.ClientSession,
+    proxies: ProxyFactory, upstream: FakeOpenAI, http: aiohttp.ClientSession,
     server: LocalRedis, client: aioredis.Redis, refusal: str,
 ) -> None:  # fmt: skip
     tenant = f"tenant-{new_key_id()}"
     key = await saved_key(client, tenant, limits=Limits(requests_per_minute=10_000))
     unseen = await saved_key(client, tenant)  # first used while writes are refused
-    proxy = start_proxy(proxy_factory, server)
+    proxy = start_proxy(proxies, server)
     assert (await chat(http, proxy, key))[0] == 200
     if refusal == "OOM":
         await client.config_set("maxmemory-policy", "noeviction")
@@ -161,12 +176,12 @@ async def test_a_redis_refusing_writes_is_not_asked_per_request_and_keys_still_w
 
 
 async def test_when_redis_returns_the_breaker_closes_and_limits_hold_again(
-    proxy_factory: ProxyFactory, upstream: FakeOpenAI, http: aiohttp.ClientSession,
+    proxies: ProxyFactory, upstream: FakeOpenAI, http: aiohttp.ClientSession,
     server: LocalRedis, client: aioredis.Redis,
 ) -> None:  # fmt: skip
     tenant = f"tenant-{new_key_id()}"
     key = await saved_key(client, tenant, limits=Limits(requests_per_minute=10_000))
-    proxy = start_proxy(proxy_factory, server)
+    proxy = start_proxy(proxies, server)
     assert (await chat(http, proxy, key))[0] == 200
     server.freeze()
     try:
@@ -185,9 +200,19 @@ async def test_when_redis_returns_the_breaker_closes_and_limits_hold_again(
     assert logged.count("redis_circuit_opened") == 1
     assert logged.count("redis_circuit_closed") == 1
 
+    server.freeze()  # a second outage is logged again, once
+    try:
+        statuses, _ = await run(http, proxy, key, 3)
+        assert statuses == [200] * 3
+    finally:
+        server.thaw()
+    logged = [line["event"] for line in proxy.log_lines()]
+    assert logged.count("redis_circuit_opened") == 2
+    assert logged.count("rate_limits_unavailable") == 2
+
 
 async def test_fail_closed_refuses_when_the_tenants_limits_are_unknown(
-    proxy_factory: ProxyFactory, upstream: FakeOpenAI, http: aiohttp.ClientSession,
+    proxies: ProxyFactory, upstream: FakeOpenAI, http: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """A key without limits of its own, from KEYS_FILE, and Redis away from the start: whether
@@ -196,9 +221,9 @@ async def test_fail_closed_refuses_when_the_tenants_limits_are_unknown(
     path = tmp_path / "keys.json"
     path.write_bytes(msgspec.json.encode([key_record(key, "team-a")]))
     url = f"redis://127.0.0.1:{free_port()}/0"
-    closed = proxy_factory(AUTH_MODE="keys", KEYS_FILE=str(path), REDIS_URL=url,
+    closed = proxies(AUTH_MODE="keys", KEYS_FILE=str(path), REDIS_URL=url,
                            RATE_LIMIT_FAIL_OPEN="false")  # fmt: skip
-    opened = proxy_factory(AUTH_MODE="keys", KEYS_FILE=str(path), REDIS_URL=url)
+    opened = proxies(AUTH_MODE="keys", KEYS_FILE=str(path), REDIS_URL=url)
     statuses, _ = await run(http, closed, key, 3)
     assert statuses == [503] * 3
     statuses, _ = await run(http, opened, key, 3)

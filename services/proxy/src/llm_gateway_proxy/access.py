@@ -44,11 +44,11 @@ class Access:
         self.keys = keys
         self.limiter = limiter
         self.enabled = enabled
-        self._limits_unavailable_logged = False
+        self._logged_outage = -1  # the breaker's `opened` count when we last logged
 
     @property
     def redis_gate(self) -> RedisGate:
-        """The request path's Redis breaker (its `state`, `failures`, `rejected`)."""
+        """The request path's Redis breaker (its `state`, `opened`, `failures`, `rejected`)."""
         return self.keys.gate
 
     async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> KeyRecord | None:
@@ -94,7 +94,6 @@ class Access:
         verdict = await self.limiter.admit(record, tenant_limits)
         if verdict is None:
             return self._undecided(tenant_limits)
-        self._limits_unavailable_logged = False
         if verdict.allowed:
             return tenant_limits
         limits = verdict.limits or record.limits
@@ -115,10 +114,12 @@ class Access:
         )  # fmt: skip
 
     def _undecided(self, tenant_limits: Limits | None) -> Limits | None:
-        """Admission could not be decided (Redis is away): RATE_LIMIT_FAIL_OPEN says what to do."""
-        if not self._limits_unavailable_logged:
+        """Admission could not be decided (Redis is away): RATE_LIMIT_FAIL_OPEN says what to do.
+        Logged once per outage (per opening of the breaker)."""
+        outage = self.redis_gate.opened
+        if outage != self._logged_outage:
             log.error("rate_limits_unavailable", fail_open=self.limiter.fail_open)
-            self._limits_unavailable_logged = True
+            self._logged_outage = outage
         if self.limiter.fail_open:
             return tenant_limits
         raise AccessUnavailable("The gateway cannot check rate limits right now.")

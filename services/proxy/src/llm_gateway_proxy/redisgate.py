@@ -8,7 +8,8 @@ and, on the request path, a circuit breaker.
 Request-path calls go through `read` or `write`. The first that fails opens the breaker (unless
 another call succeeded while it waited: then Redis answers, and only that call was unlucky): from
 then on those calls fail at once, without awaiting anything, and a background probe asks Redis
-every `probe_interval` (with the same timeout) until it answers, then closes the breaker. So an
+at once and then every `probe_interval` (with the same timeout) until it answers, then closes
+the breaker. So an
 outage of any length costs the request path one timeout, paid by the requests in flight when it
 began, and never one timeout per request; and no client request is spent as a half-open probe.
 
@@ -52,8 +53,9 @@ class RedisUnavailable(Exception):
 class RedisGate:
     """Timeouts, error mapping and the request path's circuit breaker, for one Redis client.
 
-    `state`, `failures` (calls that reached Redis and failed) and `rejected` (calls refused at
-    once while the breaker was open) are for /health and metrics."""
+    `state`, `opened` (how many times the breaker opened), `failures` (calls that reached Redis
+    and failed) and `rejected` (calls refused at once while it was open) are for /health and
+    metrics."""
 
     def __init__(
         self, redis: aioredis.Redis, *, timeout: float, probe_interval: float = 0.5
@@ -62,6 +64,7 @@ class RedisGate:
         self.timeout = timeout
         self.probe_interval = probe_interval
         self.state: State = "closed"
+        self.opened = 0
         self.failures = 0
         self.rejected = 0
         self._down_since = 0.0
@@ -140,6 +143,7 @@ class RedisGate:
         if self.state in ("open", to):
             return
         if self.state == "closed":
+            self.opened += 1
             self._down_since = time.monotonic()
             # Reopened right after the probe closed it: a refusal the probe cannot see (such as
             # CROSSSLOT). Probe less often, so it costs a failed call and two log lines per
@@ -157,9 +161,13 @@ class RedisGate:
             )
 
     async def _probing(self) -> None:
+        # The first probe goes at once: if Redis was only slow for a moment, the breaker closes
+        # after one round trip instead of a probe interval. (Not when flapping: then it waits.)
+        delay = 0.0 if self._interval == self.probe_interval else self._interval
         try:
             while self.state != "closed":
-                await asyncio.sleep(self._interval)
+                await asyncio.sleep(delay)
+                delay = self._interval
                 try:
                     async with asyncio.timeout(self.timeout):
                         await self.redis.set(PROBE_KEY, b"1", px=_PROBE_TTL_MS)
