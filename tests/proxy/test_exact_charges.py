@@ -14,6 +14,7 @@ import aiohttp
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+import structlog.testing
 
 from llm_gateway_common.events import UsageEvent
 from llm_gateway_fakes.openai import FakeOpenAI
@@ -213,3 +214,27 @@ async def test_the_stream_is_still_trimmed_to_about_its_maxlen(
     await writer.aclose()
     assert publisher.written == 2000
     assert 200 <= await client.xlen("llm-gateway:events") < 200 + 500 + 100  # "~": whole nodes
+
+
+async def test_what_the_shutdown_flush_could_not_write_is_logged_events_and_charges(
+    server: LocalRedis,
+) -> None:
+    writer = aioredis.Redis.from_url(server.url, socket_timeout=0.2, socket_connect_timeout=0.2)
+    publisher = EventPublisher(
+        writer, stream="llm-gateway:events", maxlen=0, queue_size=10, batch_size=2,
+        flush_interval=0, timeout=0.2,
+    )  # fmt: skip
+    runner = asyncio.create_task(publisher.run())
+    server.freeze()
+    events = [make_event(i) for i in range(3)]
+    for event in events:
+        publisher.publish(event, [Charge("counter:budget", event.total_tokens, None)])
+    with structlog.testing.capture_logs() as logs:
+        await publisher.close(runner, grace=0.8)  # every attempt meets the frozen Redis
+    await writer.aclose()
+    assert runner.done()
+    assert publisher.write_failures >= 2, "the flush gave up after one failed write"
+    lost = {entry["event"]: entry for entry in logs if entry["event"].endswith("_at_shutdown")}
+    assert lost["events_lost_at_shutdown"]["count"] == 3
+    charges = lost["charges_lost_at_shutdown"]
+    assert (charges["counters"], charges["tokens"]) == (1, sum(e.total_tokens for e in events))

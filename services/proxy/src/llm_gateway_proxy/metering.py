@@ -197,7 +197,8 @@ class EventPublisher:
         lost = [*self._charges.values(), *(self._batch.charges.values() if self._batch else ())]
         if lost:
             tokens = sum(charge.amount for charge in lost)
-            log.error("charges_lost_at_shutdown", counters=len(lost), tokens=tokens)
+            counters = len({charge.key for charge in lost})
+            log.error("charges_lost_at_shutdown", counters=counters, tokens=tokens)
 
     async def _linger(self) -> None:
         """Give a batch up to `flush_interval` to fill; a full queue or close ends it early."""
