@@ -8,16 +8,21 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Route
 
+from llm_gateway_proxy.keystore import KeyStore
 from llm_gateway_proxy.manage import create_management_app
+from tests.support.servers import free_port
 
 TOKEN = "management-token-for-error-tests"
 
 
-async def ask(method: str, path: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+async def ask(
+    method: str, path: str, keys: KeyStore | None = None
+) -> tuple[int, dict[str, str], dict[str, Any]]:
     """One request straight into the management app (ASGI, in process)."""
     app = create_management_app()
 
@@ -26,7 +31,7 @@ async def ask(method: str, path: str) -> tuple[int, dict[str, str], dict[str, An
         raise HTTPException(status, detail=f"status {status}", headers={"X-Why": "test"})
 
     app.router.routes.append(Route("/raise/{status:int}", raises))
-    gateway = SimpleNamespace(settings=SimpleNamespace(management_token=TOKEN))
+    gateway = SimpleNamespace(settings=SimpleNamespace(management_token=TOKEN), keys=keys)
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
@@ -65,3 +70,12 @@ async def test_unknown_paths_and_methods_are_404_and_405_with_allow() -> None:
     got, headers, body = await ask("DELETE", "/keys")
     assert (got, body["error"]["code"]) == (405, "method_not_allowed")
     assert set(headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+
+
+async def test_redis_away_is_a_503_with_retry_after() -> None:
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        got, headers, body = await ask("GET", "/keys", KeyStore(client, cache_ttl=0, timeout=0.2))
+    finally:
+        await client.aclose()
+    assert (got, body["error"]["code"], headers["retry-after"]) == (503, "store_unavailable", "1")

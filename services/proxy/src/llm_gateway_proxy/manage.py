@@ -83,6 +83,9 @@ class StoreUnavailable(GatewayError):
     status = 503
     code = "store_unavailable"
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
+
 
 # --- key operations, shared with the CLI ------------------------------------------------------
 
@@ -411,6 +414,7 @@ def _bearer_matches(headers: list[tuple[bytes, bytes]], token: bytes) -> bool:
 
 def _render(error: GatewayError, extra: Mapping[str, str] | None = None) -> Response:
     headers = {**(extra or {}), REQUEST_ID_HEADER: new_request_id()}
+    headers.update((name.decode(), value.decode()) for name, value in error.headers())
     if error.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return Response(error.body(), status_code=error.status, media_type="application/json",
