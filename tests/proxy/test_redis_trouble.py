@@ -247,3 +247,34 @@ async def test_a_refusal_the_probe_cannot_see_makes_the_probe_back_off(redis_url
     finally:
         await gate.close()
         await client.aclose()
+
+
+async def test_one_slow_call_while_others_are_answered_does_not_open_the_breaker(
+    redis_url: str,
+) -> None:
+    """A BLPOP that outlives the timeout stands for one unlucky call; GETs on other
+    connections are answered meanwhile, so Redis is not away. Alone, it is an outage."""
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+    gate = RedisGate(client, timeout=0.2)
+    empty = f"test:empty:{new_key_id()}"
+    try:
+
+        async def answered() -> None:
+            for _ in range(5):
+                await gate.read(client.get, empty)
+                await asyncio.sleep(0.02)
+
+        slow = gate.read(client.blpop, [empty], timeout=1)
+        results = await asyncio.gather(slow, answered(), return_exceptions=True)
+        assert isinstance(results[0], RedisUnavailable) and results[1] is None
+        assert (gate.state, gate.failures, gate.opened) == ("closed", 1, 0)
+
+        with pytest.raises(RedisUnavailable):
+            await gate.read(client.blpop, [empty], timeout=1)
+        assert (gate.state, gate.opened) == ("open", 1)
+        with pytest.raises(RedisUnavailable):  # refused at once, not asked
+            await gate.read(client.get, empty)
+        assert gate.rejected == 1
+    finally:
+        await gate.close()
+        await client.aclose()

@@ -72,6 +72,7 @@ class RedisGate:
         self._closed_at = -_FLAP_SECONDS
         self._interval = probe_interval
         self._probe: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def open(self) -> bool:
@@ -109,7 +110,8 @@ class RedisGate:
             raise RedisUnavailable(_reason(exc)) from exc
 
     async def close(self) -> None:
-        """Stop the probe (at shutdown)."""
+        """Stop the probe, for good (at shutdown)."""
+        self._stopped = True
         probe, self._probe = self._probe, None
         if probe is not None:
             probe.cancel()
@@ -145,16 +147,19 @@ class RedisGate:
         if self.state == "closed":
             self.opened += 1
             self._down_since = time.monotonic()
-            # Reopened right after the probe closed it: a refusal the probe cannot see (such as
-            # CROSSSLOT). Probe less often, so it costs a failed call and two log lines per
-            # `_MAX_INTERVAL`, not per half second.
-            flapping = self._down_since - self._closed_at < _FLAP_SECONDS
+            # Refused again right after the probe closed it: a refusal the probe cannot see
+            # (such as CROSSSLOT). Probe less often, so it costs a failed call and two log lines
+            # per `_MAX_INTERVAL`, not per half second. (A Redis that is only slow now and then
+            # is probed at once, every time: that is what closes the breaker soonest.)
+            flapping = isinstance(exc, ResponseError) and (
+                self._down_since - self._closed_at < _FLAP_SECONDS
+            )
             self._interval = min(self._interval * 2, _MAX_INTERVAL) if flapping else (
                 self.probe_interval
             )  # fmt: skip
         self.state = to
         log.error("redis_circuit_opened", state=to, reason=_reason(exc))
-        if self._probe is None:
+        if self._probe is None and not self._stopped:
             # A context of its own: the probe must not log with the tripping request's ids.
             self._probe = asyncio.create_task(
                 self._probing(), name="redis-probe", context=contextvars.Context()
