@@ -91,6 +91,10 @@ async def test_slow_headers_are_cut_off(impatient: ProxyProcess) -> None:
     writer.close()
     assert closed_after is not None, "the connection was still open after 4 s"
     assert READ_TIMEOUT <= closed_after < READ_TIMEOUT + 1.5
+    for _ in range(30):  # the proxy's log is buffered: flushed every FLUSH_INTERVAL
+        if "client_header_timeout" in impatient.log_text():
+            break
+        await asyncio.sleep(0.1)
     assert "client_header_timeout" in impatient.log_text()
 
 
