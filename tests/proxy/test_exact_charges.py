@@ -126,9 +126,13 @@ async def test_a_redis_stalling_past_the_timeout_twice_under_load_charges_exactl
         request_ids = [i for ids in await asyncio.gather(*workers) for i in ids]
     await settled(client, len(request_ids))
     await assert_exactly_once(client, record, request_ids)
-    log = proxy.log_text()
-    assert '"event":"event_write_failed"' in log, "the stall went unnoticed"
-    assert '"event":"event_batch_written_before"' in log, "no batch in flight was run on thawing"
+    for _ in range(20):  # the proxy's log is buffered
+        if '"event":"event_write_failed"' in proxy.log_text():
+            break
+        await asyncio.sleep(0.1)
+    assert '"event":"event_write_failed"' in proxy.log_text(), "the stall went unnoticed"
+    # Whether a batch in flight at the freeze also ran on thawing depends on timing here; the
+    # in-process test below makes it happen for certain and checks that the retry was skipped.
 
 
 async def test_sigterm_while_redis_is_frozen_lands_every_event_and_charge_after_it_thaws(
