@@ -38,6 +38,7 @@ from llm_gateway_proxy.upstream import Upstream
 
 log = structlog.get_logger("llm_gateway.proxy")
 
+_WARM_CONNECTIONS = 8  # Redis connections opened before traffic (a first burst's worth)
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -66,6 +67,7 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
         )
         # One breaker for every request-path Redis call (key lookups and admission).
         gate = RedisGate(redis, timeout=settings.request_redis_timeout)
+        await gate.warm(_WARM_CONNECTIONS, timeout=min(settings.redis_timeout, 1.0))
         access = Access(
             KeyStore(redis, cache_ttl=settings.key_cache_ttl, timeout=gate.timeout,
                      static=static_keys, gate=gate),

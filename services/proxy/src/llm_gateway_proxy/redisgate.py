@@ -24,6 +24,7 @@ the same timeout and the same exception, no breaker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 from collections.abc import Awaitable, Callable
@@ -108,6 +109,14 @@ class RedisGate:
                 return await command(*args, **kwargs)
         except (RedisError, OSError, TimeoutError) as exc:
             raise RedisUnavailable(_reason(exc)) from exc
+
+    async def warm(self, connections: int, *, timeout: float) -> None:
+        """Open `connections` pooled connections before traffic arrives (best effort, bounded by
+        `timeout`), so the first burst of requests does not pay for connecting within its short
+        request-path timeout and trip the breaker on a healthy Redis."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*(self.redis.ping() for _ in range(connections)))
 
     async def close(self) -> None:
         """Stop the probe, for good (at shutdown)."""
