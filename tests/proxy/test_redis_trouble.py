@@ -187,6 +187,9 @@ async def test_when_redis_returns_the_breaker_closes_and_limits_hold_again(
     try:
         statuses, _ = await run(http, proxy, key, 5)
         assert statuses == [200] * 5
+        async with http.get(f"{proxy.manage_url}/health") as response:
+            breaker = (await response.json())["request_redis"]
+        assert (breaker["breaker"], breaker["opened"]) == ("open", 1)
     finally:
         server.thaw()
     await KeyStore(client, cache_ttl=0, timeout=2).set_tenant_limits(

@@ -32,6 +32,7 @@ async def health(request: Request) -> JSONResponse:
     gateway: Gateway = request.state.gateway
     in_flight: InFlight = request.state.in_flight
     publisher = gateway.publisher
+    gate = gateway.access.redis_gate
     return _answer(
         {
             "status": "shutting_down" if gateway.stopping.is_set() else "ok",
@@ -40,6 +41,16 @@ async def health(request: Request) -> JSONResponse:
                 "queued": publisher.queued,
                 "written": publisher.written,
                 "dropped": publisher.dropped,
+            },
+            "charges": {
+                "pending": publisher.pending_charges,
+                "batches_written_before": publisher.batches_written_before,
+            },
+            "request_redis": {
+                "breaker": gate.state,
+                "opened": gate.opened,
+                "failures": gate.failures,
+                "rejected": gate.rejected,
             },
             "in_flight": {
                 "current": in_flight.current,
