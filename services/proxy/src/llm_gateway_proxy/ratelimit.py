@@ -4,7 +4,7 @@ Admission is one atomic Lua script per request (only for keys that have limits):
 when the key's budget for the period or its tokens for this minute are used up, else counts the
 request against the requests-per-minute window and refuses past the limit. Windows are fixed
 UTC minutes. Tokens are charged after the request completes, from its usage (streams included),
-by the event publisher's batched pipeline (`charges`); so a burst of requests admitted in the
+by the event publisher's batch script, exactly once (`charges`); so a burst of requests admitted in the
 same instant can overshoot a token limit by what they use, and a stream admitted before a budget
 ran out may finish.
 
