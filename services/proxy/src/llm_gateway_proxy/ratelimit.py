@@ -4,9 +4,9 @@ Admission is one atomic Lua script per request (only for keys that have limits):
 when the key's budget for the period or its tokens for this minute are used up, else counts the
 request against the requests-per-minute window and refuses past the limit. Windows are fixed
 UTC minutes. Tokens are charged after the request completes, from its usage (streams included),
-by the event publisher's batch script, exactly once (`charges`); so a burst of requests admitted in the
-same instant can overshoot a token limit by what they use, and a stream admitted before a budget
-ran out may finish.
+by the event publisher's batch script, exactly once (`charges`); so a burst of requests admitted
+in the same instant can overshoot a token limit by what they use, and a stream admitted before a
+budget ran out may finish.
 
 Redis unreachable, slow (past `timeout`) or refusing the script (OOM, READONLY, ...): the call
 goes through the request path's RedisGate, whose breaker then answers at once for the rest of the
