@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from llm_gateway_proxy.errors import GatewayError, RequestTooLarge
+from llm_gateway_proxy.exchange import new_request_id
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -105,6 +106,18 @@ class Downstream:
         ]
         await self.start(err.status, headers)
         await self.body(payload, more=False)
+
+
+async def refuse(send: Send, err: GatewayError) -> None:
+    """Answer a request turned away before any handler (a middleware's refusal): the OpenAI
+    error JSON, its headers, and a fresh request id."""
+    await Downstream(_no_receive, send).error(
+        err, [(b"x-llm-request-id", new_request_id().encode())]
+    )
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def _too_large(limit: int) -> RequestTooLarge:

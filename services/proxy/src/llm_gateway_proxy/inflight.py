@@ -13,8 +13,8 @@ from typing import Any
 
 import structlog
 
+from llm_gateway_proxy.downstream import refuse
 from llm_gateway_proxy.errors import Overloaded
-from llm_gateway_proxy.exchange import REQUEST_ID_HEADER, new_request_id
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -69,12 +69,4 @@ async def _refuse(state: InFlight, send: Send) -> None:
     err = Overloaded(
         f"The gateway is at its limit of {state.limit} requests in flight; retry shortly."
     )
-    body = err.body()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (REQUEST_ID_HEADER.lower().encode(), new_request_id().encode()),
-        *err.headers(),
-    ]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await refuse(send, err)

@@ -25,8 +25,8 @@ from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
 from llm_gateway_proxy.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Api
+from llm_gateway_proxy.downstream import refuse
 from llm_gateway_proxy.errors import GatewayError, InvalidPath
-from llm_gateway_proxy.exchange import REQUEST_ID_HEADER, new_request_id
 
 API_PREFIX = "/v1/"
 
@@ -133,7 +133,7 @@ class CanonicalPaths:
             path = check_path(raw)
             check_query(scope.get("query_string", b""))
         except GatewayError as err:
-            await _refuse(err, send)
+            await refuse(send, err)
             return
         scope["path"] = path
         await self.app(scope, receive, send)
@@ -141,14 +141,3 @@ class CanonicalPaths:
 
 def _matches(pattern: tuple[str, ...], segments: list[str]) -> bool:
     return all(p in ("*", s) for p, s in zip(pattern, segments, strict=True))
-
-
-async def _refuse(err: GatewayError, send: Any) -> None:
-    body = err.body()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (REQUEST_ID_HEADER.lower().encode(), new_request_id().encode()),
-    ]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
