@@ -36,14 +36,14 @@ class ChatMessage(msgspec.Struct):
     tool_call_id: str | None = None
 
 
-class ChatRequest(msgspec.Struct):
+class _Sampled(msgspec.Struct, kw_only=True):
+    """What chat and (legacy) completions share: the model, streaming, and sampling."""
+
     model: str
-    messages: list[ChatMessage]
     stream: bool | None = None
     stream_options: StreamOptions | Unset | None = UNSET
     user: str | None = None
     max_tokens: int | None = None
-    max_completion_tokens: int | None = None
     n: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -51,36 +51,28 @@ class ChatRequest(msgspec.Struct):
     frequency_penalty: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
+    logit_bias: dict[str, float] | None = None
+
+
+class ChatRequest(_Sampled, kw_only=True):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
     tools: list[JSONObject] | None = None
     tool_choice: str | JSONObject | None = None
     parallel_tool_calls: bool | None = None
     response_format: JSONObject | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
     store: bool | None = None
     metadata: dict[str, str] | None = None
 
 
-class CompletionRequest(msgspec.Struct):
-    model: str
+class CompletionRequest(_Sampled, kw_only=True):
     prompt: Any = None
-    stream: bool | None = None
-    stream_options: StreamOptions | Unset | None = UNSET
-    user: str | None = None
-    max_tokens: int | None = None
-    n: int | None = None
     best_of: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
     echo: bool | None = None
     logprobs: int | None = None
     suffix: str | None = None
-    logit_bias: dict[str, float] | None = None
 
 
 class EmbeddingRequest(msgspec.Struct):
