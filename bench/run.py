@@ -238,6 +238,7 @@ def start_gateway(children: Children, upstream_port: int, redis_url: str, tmp: P
         "name": "bench", "tenant": "bench"}]))  # fmt: skip
     env = {
         "LISTEN_ADDR": f"127.0.0.1:{port}",
+        "MANAGEMENT_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
         "UPSTREAM_OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
         "REDIS_URL": redis_url,
         "AUTH_MODE": "keys",
