@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
+import hypothesis
 import pytest
 import redis.asyncio as aioredis
 
@@ -15,6 +16,11 @@ from tests.support.servers import redis_url as start_redis
 from tests.support.services import CollectorProcess, ProxyProcess
 
 UPSTREAM_KEY = "sk-upstream-test-0123456789abcdef"
+
+# Property tests check behaviour, not speed: on a loaded 2-core CI machine an example can take
+# longer than hypothesis's default 200 ms deadline, which would fail the test for no bug.
+hypothesis.settings.register_profile("llm-gateway", deadline=None)
+hypothesis.settings.load_profile("llm-gateway")
 
 
 @pytest.fixture(scope="session")
