@@ -51,3 +51,9 @@ def test_estimate_counts_message_text_and_images_not_json_syntax() -> None:
 def test_estimate_of_non_json_is_by_length() -> None:
     assert estimate_tokens(b"x" * 40) == 10
     assert estimate_tokens(b"") == 0
+
+
+def test_an_empty_model_is_not_the_model_that_answered() -> None:
+    # Azure OpenAI's first stream chunk (prompt filter results) carries `"model": ""`.
+    assert model_from_payload({"model": "", "choices": []}) is None
+    assert model_from_payload({"model": "gpt-4o-2024-08-06"}) == "gpt-4o-2024-08-06"

@@ -58,7 +58,7 @@ def model_from_payload(payload: Any) -> str | None:
     model = payload.get("model")
     if model is None and isinstance(payload.get("response"), dict):
         model = payload["response"].get("model")
-    return model if isinstance(model, str) else None
+    return model if isinstance(model, str) and model else None  # Azure: "" before the model
 
 
 def estimate_tokens(body: bytes) -> int:
