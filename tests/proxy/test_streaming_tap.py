@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llm_gateway_proxy import streaming
-from llm_gateway_proxy.streaming import SSETap
+from llm_gateway_proxy.streaming import MAX_EVENT_BYTES, SSETap
 from llm_gateway_proxy.usage import Usage
 
 USAGE = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14,
@@ -210,3 +210,14 @@ def test_responses_api_event_by_event_parses_only_what_may_carry_model_or_usage(
     assert run(tap, events) == b"".join(events)
     assert parsed == [created, completed]
     assert tap.usage == Usage(prompt=9, completion=50, total=59)
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_an_event_that_never_ends_is_not_held_in_memory(strip: bool) -> None:
+    tap = SSETap(strip_usage_chunk=strip)
+    piece = b"data: " + b"x" * (1 << 20)
+    forwarded = b"".join(tap.feed(piece) for _ in range(MAX_EVENT_BYTES // len(piece) + 2))
+    assert len(forwarded) >= MAX_EVENT_BYTES  # what was held went on, once it was too much
+    later = b'data: {"model":"m","usage":{"prompt_tokens":1}}\n\n'
+    assert tap.feed(later) == later  # from then on, bytes pass as they come
+    assert forwarded + later == piece * (MAX_EVENT_BYTES // len(piece) + 2) + later

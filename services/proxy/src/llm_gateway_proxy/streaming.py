@@ -31,23 +31,35 @@ _DATA = b"data:"
 _CRLF_EVENT = re.compile(rb".*?(?:\r\n\r\n|\n\n)|.+$", re.S)
 
 
+# The largest event the tap holds back whole (Responses API `response.completed` events carry the
+# whole response, image generation events a base64 image: megabytes, not more).
+MAX_EVENT_BYTES = 32 * 1024 * 1024
+
+
 class SSETap:
     """Watch an SSE byte stream; `feed` returns what to forward to the client now."""
 
-    __slots__ = ("_pending", "_strip_usage_chunk", "errored", "events", "response_model", "usage")
+    __slots__ = (
+        "_blind", "_pending", "_strip_usage_chunk", "errored", "events", "response_model", "usage"
+    )  # fmt: skip
 
     def __init__(self, *, strip_usage_chunk: bool) -> None:
         self._strip_usage_chunk = strip_usage_chunk
         self._pending = b""
+        self._blind = False  # an event outgrew MAX_EVENT_BYTES: bytes pass, nothing is read
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.events = 0
         self.errored = False
 
     def feed(self, chunk: bytes) -> bytes:
+        if self._blind:
+            return chunk
         buffer = self._pending + chunk if self._pending else chunk
         end = _last_boundary(buffer)
         if end < 0:
+            if len(buffer) > MAX_EVENT_BYTES:
+                return self._go_blind(buffer, chunk)
             self._pending = buffer
             return chunk if not self._strip_usage_chunk else b""
         complete, self._pending = buffer[:end], buffer[end:]
@@ -59,6 +71,15 @@ class SSETap:
         if not self._strip_usage_chunk:
             return chunk
         return kept
+
+    def _go_blind(self, buffer: bytes, chunk: bytes) -> bytes:
+        """An upstream that never ends its event (broken or hostile) must not make the gateway
+        hold it in memory: forward what is held and stop reading the stream."""
+        self._blind = True
+        self._pending = b""
+        forward = buffer if self._strip_usage_chunk else chunk
+        self._strip_usage_chunk = False
+        return forward
 
     def flush(self) -> bytes:
         """Whatever is still held back when the upstream ends."""
