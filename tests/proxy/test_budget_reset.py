@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from llm_gateway_proxy.errors import BudgetExhausted
 from llm_gateway_proxy.keys import Limits
 from llm_gateway_proxy.ratelimit import PREFIX, _counter_keys, _reset_seconds
 
@@ -65,3 +66,11 @@ def test_the_budget_period_is_the_one_the_minute_falls_in() -> None:
     assert _counter_keys("key:k1", Limits(), minute)[2] == f"{PREFIX}key:k1:budget:202612"
     next_day = _counter_keys("key:k1", Limits(budget_period="daily"), minute + 1)[2]
     assert next_day == f"{PREFIX}key:k1:budget:20270101"
+
+
+def test_a_spent_total_budget_says_no_retry() -> None:
+    total = BudgetExhausted("spent", limit="budget", limit_value=5, reset_seconds=0)
+    names = {name for name, _ in total.headers()}
+    assert b"retry-after" not in names and b"x-ratelimit-limit-tokens" in names
+    monthly = BudgetExhausted("spent", limit="budget", limit_value=5, reset_seconds=3600)
+    assert (b"retry-after", b"3600") in monthly.headers()

@@ -127,6 +127,14 @@ class RateLimited(GatewayError):
 class BudgetExhausted(RateLimited):
     code = "budget_exceeded"
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """A total budget never resets (reset 0): no `Retry-After`, so SDKs do not retry in 1 s
+        what can never succeed."""
+        headers = super().headers()
+        if self.reset_seconds > 0:
+            return headers
+        return [h for h in headers if h[0] not in (b"retry-after", b"x-ratelimit-reset-tokens")]
+
 
 class AuthUnavailable(GatewayError):
     status = 503
