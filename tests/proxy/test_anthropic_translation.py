@@ -19,6 +19,8 @@ from llm_gateway_proxy.providers.anthropic import (
     response_in,
 )
 from llm_gateway_proxy.providers.anthropic_stream import SSEEvent, SSEParser, StreamTranslator
+from llm_gateway_proxy.streaming import SSETap
+from llm_gateway_proxy.usage import Usage, usage_from_payload
 
 PNG = "iVBORw0KGgo="
 
@@ -641,3 +643,19 @@ def test_sse_parser_bounds_one_event() -> None:
     parser.feed(b"data: " + b"x" * 40 + b"\n")
     with pytest.raises(ValueError, match="outgrew 64 bytes"):
         parser.feed(b"data: " + b"x" * 40)
+
+
+def test_the_gateways_meter_reads_the_translated_stream_and_its_errors() -> None:
+    """What the SSE tap of today's streaming path sees when the lead wires this in."""
+    tap = SSETap(strip_usage_chunk=True)
+    output = translate(TOOL_STREAM, include_usage=True)
+    relayed = tap.feed(output) + tap.flush()
+    assert tap.usage == Usage(prompt=2110, completion=30, total=2140, cached=2000)
+    frames = output.split(b"\n\n")  # [..., usage chunk, "data: [DONE]", ""]
+    assert relayed == b"\n\n".join(frames[:-3] + frames[-2:])
+    completion = orjson.loads(response_in(message([], cache_read_input_tokens=7), created=1))
+    assert usage_from_payload(completion) == Usage(prompt=17, completion=5, total=22, cached=7)
+    error = sse("error", {"type": "error", "error": {"type": "api_error", "message": "boom"}})
+    tap = SSETap(strip_usage_chunk=True)
+    tap.feed(translate(start() + error))
+    assert tap.errored
