@@ -13,6 +13,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from llm_gateway_proxy.providers.anthropic import (
     JSON_TOOL_NAME,
+    MalformedResponse,
     TranslationError,
     error_in,
     request_out,
@@ -659,3 +660,25 @@ def test_the_gateways_meter_reads_the_translated_stream_and_its_errors() -> None
     tap = SSETap(strip_usage_chunk=True)
     tap.feed(translate(start() + error))
     assert tap.errored
+
+
+@pytest.mark.parametrize(
+    "body", [b"<html>", b"[]", b'{"content": []}', b'{"id": "m", "content": [1]}']
+)
+def test_a_response_that_is_not_the_messages_format(body: bytes) -> None:
+    with pytest.raises(MalformedResponse):
+        response_in(body, created=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("message_start", b"{}"),
+        ("content_block_delta", b'{"index": 0}'),
+        ("content_block_start", b"not json"),
+        ("message_delta", b'{"delta": 1}'),
+    ],
+)
+def test_a_stream_event_that_is_not_the_messages_format(name: str, data: bytes) -> None:
+    with pytest.raises(MalformedResponse, match=name):
+        StreamTranslator(created=1, include_usage=False).feed(name, data)

@@ -5,7 +5,8 @@
     error_in(status, anthropic_error_body)   -> (status, OpenAI error JSON bytes)
 
 The streaming half (Anthropic SSE events in, `chat.completion.chunk` SSE out) is in
-`anthropic_stream`. What cannot be translated raises `TranslationError`, a 400 with a `param`.
+`anthropic_stream`. What cannot be translated raises `TranslationError`, a 400 with a `param`;
+a provider answer that is not the Messages format raises `MalformedResponse`, a 502.
 Mapping facts: REFERENCE.md section 9.
 """
 
@@ -59,6 +60,10 @@ class TranslationError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+
+class MalformedResponse(ValueError):
+    """The provider answered 200 with something that is not the Messages format (a 502)."""
 
 
 # --- request out -------------------------------------------------------------------------------
@@ -285,6 +290,8 @@ def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[JSONObject
                 "Tool call arguments must be a JSON object.", param=f"{at}.function.arguments"
             )
         name = function.get("name")
+        if not isinstance(name, str):
+            raise TranslationError("A tool call needs a name.", param=f"{at}.function.name")
         blocks.append({"type": "tool_use", "id": call["id"], "name": name, "input": parsed})
     return blocks
 
@@ -392,8 +399,15 @@ def response_in(
     """Translate a Messages response into a chat.completion; `model` overrides the reported one.
 
     `json_tool` names the forced tool of `json_schema_mode="tool"`: its input becomes the text.
+    A body that is not a Messages response raises `MalformedResponse`.
     """
-    message = orjson.loads(body)
+    try:
+        return _response(orjson.loads(body), created, model, json_tool)
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise MalformedResponse("the provider's answer is not a Messages response") from exc
+
+
+def _response(message: Any, created: int, model: str | None, json_tool: str | None) -> bytes:
     texts: list[str] = []
     calls: list[JSONObject] = []
     finish = finish_reason(message.get("stop_reason"))

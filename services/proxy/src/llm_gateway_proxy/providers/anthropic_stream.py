@@ -16,7 +16,13 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from llm_gateway_proxy.providers.anthropic import JSONObject, error_object, finish_reason, usage
+from llm_gateway_proxy.providers.anthropic import (
+    JSONObject,
+    MalformedResponse,
+    error_object,
+    finish_reason,
+    usage,
+)
 
 DONE = b"data: [DONE]\n\n"
 MAX_EVENT_BYTES = 32 * 1024 * 1024
@@ -111,9 +117,18 @@ class StreamTranslator:
         self._blocks: dict[int, int | None] = {}  # block index -> tool index (None: text)
 
     def feed(self, name: str, data: bytes) -> bytes:
-        """OpenAI SSE bytes for one Anthropic event (b"" for those that carry nothing)."""
+        """OpenAI SSE bytes for one Anthropic event (b"" for those that carry nothing).
+
+        An event that is not what the Messages format says raises `MalformedResponse`.
+        """
         if self.finished:
             return b""
+        try:
+            return self._event(name, data)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise MalformedResponse(f"the provider sent a malformed {name!r} event") from exc
+
+    def _event(self, name: str, data: bytes) -> bytes:
         if name == "content_block_delta":  # the hot path: most events are deltas
             return self._delta(orjson.loads(data))
         if name == "ping":
