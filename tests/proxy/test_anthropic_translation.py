@@ -682,3 +682,9 @@ def test_a_response_that_is_not_the_messages_format(body: bytes) -> None:
 def test_a_stream_event_that_is_not_the_messages_format(name: str, data: bytes) -> None:
     with pytest.raises(MalformedResponse, match=name):
         StreamTranslator(created=1, include_usage=False).feed(name, data)
+
+
+def test_byte_at_a_time_crlf_stream_gives_the_same_output() -> None:
+    """Every split, including each one between a CR and its LF."""
+    crlf = TEXT_STREAM.replace(b"\n", b"\r\n")
+    assert translate(crlf, list(range(len(crlf)))) == translate(TEXT_STREAM)

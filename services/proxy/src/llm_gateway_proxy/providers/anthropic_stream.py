@@ -59,31 +59,27 @@ class SSEParser:
         *lines, rest = buffer.split(b"\n")
         self._buffer = rest + b"\r" if hold else rest
         events: list[SSEEvent] = []
+        # One loop with locals, not a method call per line: this runs for every event.
+        name, data, size = self._name, self._data, self._size
         for line in lines:
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
-        if self._size + len(self._buffer) > self._max:
+            if not line:
+                if data:
+                    events.append(SSEEvent(name or "message", b"\n".join(data)))
+                name, data, size = "", [], 0
+                continue
+            field, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if field == b"data":
+                data.append(value)
+                size += len(value) + 1
+            elif field == b"event":
+                name = value.decode("utf-8", "replace")
+            # comments (":"), id and retry do not matter here
+        self._name, self._data, self._size = name, data, size
+        if size + len(self._buffer) > self._max:
             raise SSEOverflow(f"an SSE event outgrew {self._max} bytes")
         return events
-
-    def _line(self, line: bytes) -> SSEEvent | None:
-        if not line:
-            return self._dispatch()
-        field, _, value = line.partition(b":")
-        if value.startswith(b" "):
-            value = value[1:]
-        if field == b"data":
-            self._data.append(value)
-            self._size += len(value) + 1
-        elif field == b"event":
-            self._name = value.decode("utf-8", "replace")
-        return None  # comments (":"), id and retry do not matter here
-
-    def _dispatch(self) -> SSEEvent | None:
-        name, data = self._name or "message", self._data
-        self._name, self._data, self._size = "", [], 0
-        return SSEEvent(name, b"\n".join(data)) if data else None
 
 
 class StreamTranslator:
