@@ -3,6 +3,7 @@ so routing tests that pass against it say something about the real provider."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterator
 from typing import Any
@@ -324,3 +325,27 @@ async def test_unknown_model_and_count_tokens(
                                                    "messages": [HELLO]})  # fmt: skip
     assert (status, body) == (200, {"input_tokens": 5})
     assert len(fake.received) == 2 and fake.received[0].json()["model"] == "claude-sonnet-4-5"
+
+
+async def test_delays_for_timeout_tests(
+    http: aiohttp.ClientSession, url: str, fake: FakeAnthropic
+) -> None:
+    """`stream_start_delay` holds the first event after a 200 (a first-token timeout);
+    `response_delay` holds the headers, and a caller that gives up is counted."""
+    fake.behaviour.stream_start_delay = 0.3
+    body = {**BODY, "stream": True}
+    async with http.post(url, json=body, headers=HEADERS) as response:
+        assert response.status == 200
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(response.content.readany(), 0.1)
+        assert (await response.content.readline()).startswith(b"event: message_start")
+    fake.behaviour.stream_start_delay = 0
+    fake.behaviour.response_delay = 0.5
+    short = aiohttp.ClientTimeout(total=0.1)
+    with pytest.raises(TimeoutError):
+        await http.post(url, json=BODY, headers=HEADERS, timeout=short)
+    for _ in range(100):
+        if fake.abandoned:
+            break
+        await asyncio.sleep(0.01)
+    assert fake.abandoned == 1 and len(fake.usages) == 1, "only the stream was answered"
