@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from llm_gateway_fakes.anthropic import request_problem, stream_events
 from llm_gateway_proxy.providers.anthropic import (
     JSON_TOOL_NAME,
     MalformedResponse,
@@ -119,6 +120,9 @@ def test_conversation_shape_errors_name_the_message() -> None:
     orphan = {"role": "tool", "tool_call_id": "nope", "content": "r"}
     assert rejected(chat(user("q"), orphan)).param == "messages[1].tool_call_id"
     assert rejected({"messages": []}).param == "messages"
+    call = {"id": "t9", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    unanswered = rejected(chat(user("q"), {"role": "assistant", "tool_calls": [call]}, user("?")))
+    assert unanswered.message == "Tool call 't9' has no tool message answering it."
     assert rejected(b"[1]").message == "The request body must be a JSON object."
 
 
@@ -688,3 +692,69 @@ def test_byte_at_a_time_crlf_stream_gives_the_same_output() -> None:
     """Every split, including each one between a CR and its LF."""
     crlf = TEXT_STREAM.replace(b"\n", b"\r\n")
     assert translate(crlf, list(range(len(crlf)))) == translate(TEXT_STREAM)
+
+
+def test_every_translated_request_passes_the_anthropic_fakes_validation() -> None:
+    """The fake (libs/fakes) rejects what the real API rejects; nothing we send may trip it."""
+    calls = [
+        {
+            "id": "t1",
+            "type": "function",
+            "function": {"name": "weather", "arguments": '{"city":"Oslo"}'},
+        },
+        {"id": "t2", "type": "function", "function": {"name": "now", "arguments": ""}},
+    ]
+    image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}
+    requests = [
+        chat({"role": "system", "content": "s"}, user("q"), stop=["x"], temperature=1, user="u"),
+        chat(
+            {"role": "developer", "content": "d"},
+            user([{"type": "text", "text": "look"}, image]),
+            {"role": "assistant", "content": "Let me check.", "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "t1", "content": "cold"},
+            {"role": "tool", "tool_call_id": "t2", "content": ""},
+            user("thanks"),
+            {"role": "assistant", "content": ""},
+            user(""),
+            user("more"),
+            tools=[WEATHER, {"type": "function", "function": {"name": "now"}}],
+            tool_choice={"type": "function", "function": {"name": "now"}},
+            parallel_tool_calls=False,
+        ),
+        chat(user("q"), tools=[WEATHER], tool_choice="none", stream=True),
+        chat(user("q"), tool_choice="none", response_format=JSON_SCHEMA),
+    ]
+    for request in requests:
+        for mode in ("output_config", "tool"):
+            body = out(request, json_schema_mode=mode)
+            assert request_problem(body) is None, (request, body)
+
+
+def test_the_fakes_streams_reassemble_into_the_message() -> None:
+    """Real-shaped event sequences (libs/fakes) in, the non-streamed translation's content out."""
+    answer = orjson.loads(
+        answer_body := message(
+            [
+                {"type": "text", "text": "Let me look that up for you."},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": "weather",
+                    "input": {"city": "Oslo", "days": [1, 2]},
+                },
+            ],
+            "tool_use",
+        )
+    )
+    stream = b"".join(sse(e["type"], e) for e in stream_events(answer, ping_every=2))
+    parsed = chunks(translate(stream))
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in parsed)
+    arguments = "".join(
+        fragment["function"]["arguments"]
+        for c in parsed
+        for fragment in c["choices"][0]["delta"].get("tool_calls") or []
+    )
+    expected = orjson.loads(response_in(answer_body, created=1))["choices"][0]
+    assert text == expected["message"]["content"]
+    assert arguments == expected["message"]["tool_calls"][0]["function"]["arguments"]
+    assert parsed[-1]["choices"][0]["finish_reason"] == expected["finish_reason"]

@@ -13,6 +13,7 @@ Mapping facts: REFERENCE.md section 9.
 from __future__ import annotations
 
 import binascii
+import itertools
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -195,7 +196,22 @@ def _messages(raw: Any) -> tuple[list[JSONObject], list[JSONObject]]:
         raise TranslationError(
             "The first message after system messages must be from the user.", param="messages"
         )
+    _check_answered(turns)
     return system, turns
+
+
+def _check_answered(turns: list[JSONObject]) -> None:
+    # Both APIs reject tool calls that the next turn does not answer; say which one.
+    for asked, answer in itertools.pairwise(turns):
+        if asked["role"] != "assistant":
+            continue
+        answered = {b["tool_use_id"] for b in answer["content"] if b["type"] == "tool_result"}
+        for block in asked["content"]:
+            if block["type"] == "tool_use" and block["id"] not in answered:
+                raise TranslationError(
+                    f"Tool call {block['id']!r} has no tool message answering it.",
+                    param="messages",
+                )
 
 
 def _merge(into: list[JSONObject], blocks: list[JSONObject]) -> None:
