@@ -295,6 +295,7 @@ async def test_error_event_in_the_middle_of_a_stream(
     fake.behaviour.error_after_deltas = 0
     stream = await events(http, url, BODY)
     assert [e["type"] for e in stream] == ["message_start", "content_block_start", "ping", "error"]
+    assert (fake.streams_errored, fake.streams_completed) == (2, 0)
 
 
 async def test_scripted_failures_in_anthropic_shape(

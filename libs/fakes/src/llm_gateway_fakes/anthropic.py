@@ -106,6 +106,7 @@ class FakeAnthropic:
     usages: list[dict[str, Any]] = field(default_factory=list)
     streams_cut: int = 0
     streams_completed: int = 0
+    streams_errored: int = 0  # ended by an `event: error`
     abandoned: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -115,6 +116,7 @@ class FakeAnthropic:
         self.usages.clear()
         self.streams_cut = 0
         self.streams_completed = 0
+        self.streams_errored = 0
         self.abandoned = 0
 
     def app(self) -> web.Application:
@@ -267,7 +269,9 @@ class FakeAnthropic:
                     if deltas == behaviour.error_after_deltas:
                         error = {"type": behaviour.stream_error_type, "message": "Overloaded"}
                         await response.write(_frame({"type": "error", "error": error}))
-                        break
+                        await response.write_eof()
+                        self.streams_errored += 1
+                        return response
                     deltas += 1
                 await response.write(_frame(event))
                 if behaviour.chunk_delay and event["type"] == "content_block_delta":
