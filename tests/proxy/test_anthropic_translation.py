@@ -12,14 +12,8 @@ from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from llm_gateway_fakes.anthropic import request_problem, stream_events
-from llm_gateway_proxy.providers.anthropic import (
-    JSON_TOOL_NAME,
-    MalformedResponse,
-    TranslationError,
-    error_in,
-    request_out,
-    response_in,
-)
+from llm_gateway_proxy.providers.anthropic import JSON_TOOL_NAME, TranslationError, request_out
+from llm_gateway_proxy.providers.anthropic_response import MalformedResponse, error_in, response_in
 from llm_gateway_proxy.providers.anthropic_stream import SSEEvent, SSEParser, StreamTranslator
 from llm_gateway_proxy.streaming import SSETap
 from llm_gateway_proxy.usage import Usage, usage_from_payload

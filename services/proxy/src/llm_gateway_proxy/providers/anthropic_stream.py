@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from llm_gateway_proxy.providers.anthropic import (
-    JSONObject,
+from llm_gateway_proxy.providers.anthropic import JSONObject
+from llm_gateway_proxy.providers.anthropic_response import (
     MalformedResponse,
     error_object,
     finish_reason,
