@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from llm_gateway_fakes.anthropic import request_problem, stream_events
+from llm_gateway_fakes.anthropic import stream_events
+from llm_gateway_fakes.anthropic_rules import request_problem
 from llm_gateway_proxy.providers.anthropic import JSON_TOOL_NAME, TranslationError, request_out
 from llm_gateway_proxy.providers.anthropic_response import MalformedResponse, error_in, response_in
 from llm_gateway_proxy.providers.anthropic_stream import SSEEvent, SSEParser, StreamTranslator
