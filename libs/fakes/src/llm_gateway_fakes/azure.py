@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from llm_gateway_fakes.openai import Received, _prompt_tokens
+from llm_gateway_fakes.openai import Received, prompt_tokens
 from llm_gateway_fakes.threaded import ThreadedServer
 
 API_VERSIONS = frozenset({
@@ -120,7 +120,7 @@ class FakeAzure:
         finish = "stop"
         if behaviour.filter_after is not None and behaviour.filter_after < len(words):
             words, finish = words[: behaviour.filter_after], "content_filter"
-        usage = self._usage(_prompt_tokens(body["messages"]), len(words))
+        usage = self._usage(prompt_tokens(body["messages"]), len(words))
         base = {
             "id": self._id("chatcmpl"),
             "created": int(time.time()),
@@ -157,7 +157,7 @@ class FakeAzure:
         if inputs is None:
             return _openai_error(400, "'input' is a required property", "input")
         items = inputs if isinstance(inputs, list) else [inputs]
-        prompt = _prompt_tokens(items)
+        prompt = prompt_tokens(items)
         usage = {"prompt_tokens": prompt, "total_tokens": prompt}
         self.usages.append(usage)
         data = [

@@ -92,7 +92,7 @@ class FakeOpenAI:
         if not isinstance(body.get("messages"), list):
             return _error(400, "'messages' is a required property", "messages")
         words = self._words(request)
-        usage = self._usage(_prompt_tokens(body.get("messages")), len(words))
+        usage = self._usage(prompt_tokens(body.get("messages")), len(words))
         if body.get("stream"):
             return await self._chat_stream(request, body, words, usage)
         return web.json_response(
@@ -144,7 +144,7 @@ class FakeOpenAI:
         if failure is not None:
             return failure
         words = self._words(request)
-        usage = self._usage(_prompt_tokens(body.get("prompt")), len(words))
+        usage = self._usage(prompt_tokens(body.get("prompt")), len(words))
         base = {
             "id": self._id("cmpl"),
             "object": "text_completion",
@@ -171,7 +171,7 @@ class FakeOpenAI:
         if inputs is None:
             return _error(400, "'input' is a required property", "input")
         items = inputs if isinstance(inputs, list) else [inputs]
-        prompt = _prompt_tokens(items)
+        prompt = prompt_tokens(items)
         usage = {"prompt_tokens": prompt, "total_tokens": prompt}
         self.usages.append(usage)
         data = [
@@ -188,7 +188,7 @@ class FakeOpenAI:
         if failure is not None:
             return failure
         words = self._words(request)
-        prompt = _prompt_tokens(body.get("input"))
+        prompt = prompt_tokens(body.get("input"))
         usage = {
             "input_tokens": prompt,
             "input_tokens_details": {"cached_tokens": self.behaviour.cached_tokens},
@@ -421,16 +421,16 @@ def _model_object(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
 
 
-def _prompt_tokens(value: Any) -> int:
+def prompt_tokens(value: Any) -> int:
     """A deterministic token count: one per whitespace-separated word of text, plus framing."""
     if isinstance(value, str):
         return len(value.split())
     if isinstance(value, list):
-        return sum(_prompt_tokens(item) for item in value) + (3 if value else 0)
+        return sum(prompt_tokens(item) for item in value) + (3 if value else 0)
     if isinstance(value, dict):
         if value.get("type") in ("image_url", "input_image"):
             return 85
-        return sum(_prompt_tokens(v) for k, v in value.items() if k in ("content", "text"))
+        return sum(prompt_tokens(v) for k, v in value.items() if k in ("content", "text"))
     return 0
 
 
