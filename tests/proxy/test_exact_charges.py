@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import msgspec
-import pytest
 import redis.asyncio as aioredis
 import structlog.testing
 
@@ -27,21 +25,6 @@ from tests.support.servers import LocalRedis
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one two three"}]}
 BUDGET = Limits(tokens_per_minute=10**9, budget_tokens=10**9, budget_period="monthly")
-
-
-@pytest.fixture
-def server() -> Iterator[LocalRedis]:
-    """A Redis of this test's own: it is frozen and thawed, which the session Redis must not be."""
-    redis_server = LocalRedis().start()
-    yield redis_server
-    redis_server.stop()
-
-
-@pytest.fixture
-async def client(server: LocalRedis) -> AsyncIterator[aioredis.Redis]:
-    redis_client = aioredis.Redis.from_url(server.url, socket_timeout=10)
-    yield redis_client
-    await redis_client.aclose()
 
 
 def keys_file(tmp_path: Path, key: str) -> tuple[str, KeyRecord]:

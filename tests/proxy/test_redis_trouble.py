@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -27,23 +27,6 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 TIMEOUT = 0.1  # REQUEST_REDIS_TIMEOUT in these tests
 CACHE_TTL = 0.2  # KEY_CACHE_TTL: short, so that cached entries expire during the outage
 SLACK = 0.4  # what a busy test machine may add to 40 requests, beyond their baseline
-
-
-@pytest.fixture
-def server() -> Iterator[LocalRedis]:
-    """A Redis of this test's own: the tests stop, freeze and reconfigure it."""
-    server = LocalRedis().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def client(server: LocalRedis) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(server.url, socket_timeout=5)
-    yield client
-    await client.aclose()
 
 
 def key_record(key: str, tenant: str, **fields: object) -> KeyRecord:
