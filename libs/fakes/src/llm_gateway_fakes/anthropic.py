@@ -250,19 +250,21 @@ class FakeAnthropic:
                 if event["type"] == "content_block_delta":
                     if deltas == behaviour.error_after_deltas:
                         error = {"type": behaviour.stream_error_type, "message": "Overloaded"}
+                        # Counted before the end goes out: a client that read the end must
+                        # find it counted (the fake runs in another thread).
+                        self.streams_errored += 1
                         await response.write(_frame({"type": "error", "error": error}))
                         await response.write_eof()
-                        self.streams_errored += 1
                         return response
                     deltas += 1
                 await response.write(_frame(event))
                 if behaviour.chunk_delay and event["type"] == "content_block_delta":
                     await asyncio.sleep(behaviour.chunk_delay)
+            self.streams_completed += 1  # before the end goes out, as above
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             self.streams_cut += 1
             raise
-        self.streams_completed += 1
         return response
 
     def _id(self, prefix: str) -> str:

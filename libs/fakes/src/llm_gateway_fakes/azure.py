@@ -274,8 +274,8 @@ class FakeAzure:
             if behaviour.chunk_delay:
                 await asyncio.sleep(behaviour.chunk_delay)
         await response.write(b"data: [DONE]\n\n")
+        self.streams_completed += 1  # before the end goes out: a client that read it sees it
         await response.write_eof()
-        self.streams_completed += 1
         return response
 
     def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
