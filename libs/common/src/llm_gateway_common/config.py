@@ -23,6 +23,11 @@ class Env:
     def __init__(self, source: Mapping[str, str] | None = None) -> None:
         self._source: Mapping[str, str] = os.environ if source is None else source
 
+    @property
+    def environ(self) -> Mapping[str, str]:
+        """The variables read (for files that name variables of their own, like MODELS_FILE)."""
+        return self._source
+
     def _raw(self, name: str) -> str | None:
         value = self._source.get(name)
         if value is None or value.strip() == "":

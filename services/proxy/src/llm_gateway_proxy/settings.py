@@ -10,6 +10,7 @@ import msgspec
 
 from llm_gateway_common.config import ConfigError, Env
 from llm_gateway_common.streams import DEFAULT_REDIS_URL, DEFAULT_STREAM
+from llm_gateway_proxy.modelconfig import ModelTable, load_models_file
 
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
 # The OpenAI APIs forwarded untouched by default (PASSTHROUGH_PATHS; `*` is one path segment):
@@ -66,6 +67,10 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     client_read_timeout: float = 60.0
     passthrough_paths: tuple[str, ...] = DEFAULT_PASSTHROUGH
     forward_account_headers: tuple[bytes, ...] = ()
+    models_file: str | None = None
+    # The checked MODELS_FILE (providers, public model names, routing); None: one `openai`
+    # provider from UPSTREAM_OPENAI_*, every model passed through (modelconfig.single_provider).
+    models: ModelTable | None = None
 
     def __repr__(self) -> str:  # never print the upstream key or the management token
         return (
@@ -98,7 +103,10 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
                 "AUTH_MODE=keys needs KEYS_FILE (hashed keys) or MANAGEMENT_TOKEN (to create "
                 "keys); set AUTH_MODE=none to run without authentication (local demos only)"
             )
+        models_file = env.optional_text("MODELS_FILE")
         return cls(
+            models_file=models_file,
+            models=None if models_file is None else load_models_file(models_file, env.environ),
             listen_host=host,
             listen_port=port,
             upstream_base_url=base_url,
