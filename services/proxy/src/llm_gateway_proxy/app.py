@@ -21,6 +21,7 @@ from llm_gateway_common.streams import connect_redis
 from llm_gateway_proxy import health
 from llm_gateway_proxy.access import Access
 from llm_gateway_proxy.bodyread import BodyReadDeadline
+from llm_gateway_proxy.cooldowns import Cooldowns
 from llm_gateway_proxy.errors import GatewayError, HTTPStatusError, MethodNotAllowed, NotFound
 from llm_gateway_proxy.exchange import REQUEST_ID_HEADER, new_request_id
 from llm_gateway_proxy.gateway import Gateway
@@ -30,9 +31,11 @@ from llm_gateway_proxy.keystore import KeyStore, load_static_keys
 from llm_gateway_proxy.listeners import Listeners
 from llm_gateway_proxy.manage import create_management_app
 from llm_gateway_proxy.metering import EventPublisher
+from llm_gateway_proxy.modelconfig import Timeouts, single_provider
 from llm_gateway_proxy.paths import CanonicalPaths, PathTable
 from llm_gateway_proxy.ratelimit import RateLimiter
 from llm_gateway_proxy.redisgate import RedisGate
+from llm_gateway_proxy.router import Router
 from llm_gateway_proxy.settings import ProxySettings
 from llm_gateway_proxy.upstream import Upstream
 
@@ -53,9 +56,16 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         # The key file first: a malformed one stops start-up before anything is opened.
         static_keys = load_static_keys(settings.keys_file) if settings.keys_file else {}
-        upstream = Upstream(settings)
+        upstream = Upstream(settings.upstream_pool_size)
         await upstream.start()
         redis = connect_redis(settings.redis_url, timeout=settings.redis_timeout)
+        table = settings.models or single_provider(
+            settings.upstream_base_url, settings.upstream_api_key,
+            Timeouts(connect=settings.connect_timeout, read=settings.read_timeout),
+        )  # fmt: skip
+        cooldowns = Cooldowns(None if table.single else redis, timeout=settings.redis_timeout)
+        router = Router(table, upstream, cooldowns,
+                        forward_account=settings.forward_account_headers)  # fmt: skip
         publisher = EventPublisher(
             redis,
             stream=settings.events_stream,
@@ -79,12 +89,14 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
             detail = "every client can use the upstream key: for local demos only"
             log.warning("authentication_disabled", auth_mode="none", detail=detail)
         runner = asyncio.create_task(publisher.run(), name="event-publisher")
+        sharing = asyncio.create_task(cooldowns.run(), name="cooldown-sync")
         settle_after_startup()
         try:
-            gateway = Gateway(settings, upstream, publisher, access, stop_signal)
+            gateway = Gateway(settings, router, publisher, access, stop_signal)
             yield {"gateway": gateway, "in_flight": in_flight}
         finally:
             stop_signal.set()
+            sharing.cancel()
             await publisher.close(runner, grace=max(settings.redis_timeout * 3, 5.0))
             await upstream.close()
             await gate.close()

@@ -103,6 +103,7 @@ class Downstream:
             (b"content-length", str(len(payload)).encode()),
             *extra_headers,
             *err.headers(),
+            *err.extra_headers,
         ]
         await self.start(err.status, headers)
         await self.body(payload, more=False)

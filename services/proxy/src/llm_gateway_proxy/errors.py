@@ -2,19 +2,24 @@
 
     GatewayError                      500 api_error
     ├── InvalidRequest                400 invalid_request_error  (bad JSON, path, missing model...)
+    │   └── UnsupportedByProvider     400 (no target of the model can serve this API)
     ├── HTTPStatusError               any other status Starlette raises (408, 411, 415, ...)
     ├── AuthenticationFailed          401 authentication_error
     ├── PermissionDenied              403 permission_error        (model or tenant not allowed)
     ├── RateLimited                   429 rate_limit_error        (with Retry-After, x-ratelimit-*)
     ├── AuthUnavailable               503 api_error
     ├── NotFound                      404 invalid_request_error
+    │   └── ModelNotFound             404 model_not_found         (no route for the model)
     ├── MethodNotAllowed              405 invalid_request_error
     ├── RequestTooLarge               413 invalid_request_error
     ├── ShuttingDown                  503 api_error
     ├── Overloaded                    503 api_error               (MAX_IN_FLIGHT, with Retry-After)
     ├── RequestTimeout                408 invalid_request_error   (body not sent in time)
     ├── UpstreamUnreachable           502 api_error
-    │   └── UpstreamIncomplete        502 api_error  (the body was cut off mid-way)
+    │   ├── UpstreamIncomplete        502 api_error  (the body was cut off mid-way)
+    │   ├── UpstreamMalformed         502 api_error  (not the provider's format)
+    │   ├── UpstreamStreamError       502 api_error  (an error event before any content)
+    │   └── UpstreamMisconfigured     502 api_error  (every provider refused our key/model)
     └── UpstreamTimeout               504 api_error
 
 Status, type, code and the event's `outcome` (`gateway_error`, or `upstream_error` when the
@@ -37,10 +42,18 @@ class GatewayError(Exception):
     code: ClassVar[str | None] = "internal_error"
     outcome: ClassVar[Outcome] = "gateway_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        # Headers of this answer in particular (the router's X-LLM-Attempts, x-should-retry).
+        self.extra_headers: list[tuple[bytes, bytes]] = headers or []
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """Extra response headers this error carries (Retry-After, ...)."""
@@ -148,6 +161,14 @@ class NotFound(GatewayError):
     code = "unknown_url"
 
 
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class UnsupportedByProvider(InvalidRequest):
+    code = "unsupported_by_provider"
+
+
 class MethodNotAllowed(GatewayError):
     status = 405
     type = "invalid_request_error"
@@ -190,6 +211,23 @@ class UpstreamUnreachable(GatewayError):
 
 class UpstreamIncomplete(UpstreamUnreachable):
     code = "upstream_incomplete"
+
+
+class UpstreamMalformed(UpstreamUnreachable):
+    """The provider answered 200 with something that is not its API's format."""
+
+    code = "upstream_malformed_response"
+
+
+class UpstreamStreamError(UpstreamUnreachable):
+    code = "upstream_stream_error"
+
+
+class UpstreamMisconfigured(UpstreamUnreachable):
+    """Every provider refused the gateway's own key or model (401/403/404): said in the
+    gateway's words, so the client never takes a provider's "invalid API key" for its own."""
+
+    code = "upstream_misconfigured"
 
 
 class UpstreamTimeout(GatewayError):

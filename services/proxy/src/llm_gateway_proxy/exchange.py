@@ -24,6 +24,7 @@ class Exchange:
     """Mutable per-request state, owned by one handler invocation."""
 
     __slots__ = (
+        "attempts",
         "captured_request",
         "captured_response",
         "client_request_id",
@@ -31,6 +32,7 @@ class Exchange:
         "endpoint",
         "error_type",
         "event_id",
+        "failed_targets",
         "finished",
         "key",
         "metered",
@@ -39,6 +41,7 @@ class Exchange:
         "outcome",
         "prompt_estimate",
         "provider",
+        "provider_name",
         "request_body",
         "request_bytes",
         "request_id",
@@ -54,6 +57,7 @@ class Exchange:
         "tenant_limits",
         "ttfb",
         "upstream_called",
+        "upstream_model",
         "upstream_request_id",
         "usage",
         "user",
@@ -76,7 +80,12 @@ class Exchange:
         self.ttfb: float | None = None
         self.endpoint = endpoint
         self.method = method
-        self.provider = provider
+        self.provider = provider  # the answering provider's type (OTel name); before any
+        # attempt, the default provider's
+        self.provider_name: str | None = None  # its entry in the model table
+        self.upstream_model: str | None = None
+        self.attempts = 0
+        self.failed_targets: list[str] = []
         self.metered = metered
         tenant = x_tenant = client_request_id = None
         for name, value in scope_headers:
@@ -124,6 +133,13 @@ class Exchange:
         else:
             self.prompt_estimate = estimate_tokens(body)
 
+    def attempt(self, provider: str, provider_name: str, upstream_model: str | None) -> None:
+        """Note an upstream attempt; the last one is the provider the event names."""
+        self.attempts += 1
+        self.provider = provider
+        self.provider_name = provider_name
+        self.upstream_model = upstream_model
+
     def mark_first_byte(self) -> None:
         if self.ttfb is None:
             self.ttfb = time.perf_counter()
@@ -165,6 +181,10 @@ class Exchange:
             endpoint=self.endpoint,
             method=self.method,
             provider=self.provider,
+            provider_name=self.provider_name,
+            upstream_model=self.upstream_model,
+            attempts=self.attempts,
+            failed_targets=tuple(self.failed_targets),
             model=self.model,
             response_model=self.response_model,
             stream=self.stream,

@@ -1,4 +1,4 @@
-"""What every handler shares for the life of the process: upstream, publisher, settings."""
+"""What every handler shares for the life of the process: router, publisher, settings."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from llm_gateway_proxy.ids import IdSource
 from llm_gateway_proxy.keystore import KeyStore
 from llm_gateway_proxy.metering import EventPublisher
 from llm_gateway_proxy.ratelimit import RateLimiter
+from llm_gateway_proxy.router import Router
 from llm_gateway_proxy.settings import ProxySettings
-from llm_gateway_proxy.upstream import Upstream
 
 log = structlog.get_logger("llm_gateway.proxy")
 
@@ -22,13 +22,13 @@ class Gateway:
     def __init__(
         self,
         settings: ProxySettings,
-        upstream: Upstream,
+        router: Router,
         publisher: EventPublisher,
         access: Access,
         stopping: asyncio.Event,
     ) -> None:
         self.settings = settings
-        self.upstream = upstream
+        self.router = router
         self.publisher = publisher
         self.access = access
         self.stopping = stopping
@@ -59,6 +59,8 @@ class Gateway:
             key_id=event.key_id,
             endpoint=event.endpoint,
             model=event.model,
+            provider=event.provider_name,
+            attempts=event.attempts,
             stream=event.stream,
             status=event.status_code,
             outcome=event.outcome,

@@ -1,5 +1,6 @@
 """Probes: `/live` (the process serves), `/ready` (it should get traffic), on both listeners;
-`/health` (details: queue sizes, requests in flight) on the management listener only."""
+`/health` (details: queue sizes, targets cooling down, requests in flight) on the management
+listener only."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ async def health(request: Request) -> JSONResponse:
                 "failures": gate.failures,
                 "rejected": gate.rejected,
             },
+            "cooldowns": gateway.router.cooldowns.snapshot(),
             "in_flight": {
                 "current": in_flight.current,
                 "limit": in_flight.limit,

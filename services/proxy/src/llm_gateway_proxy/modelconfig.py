@@ -9,7 +9,8 @@ that names the field, so start-up stops (exit 2) instead of routing on a guess.
     └── default_provider                 where other /v1 pass-through goes
 
 Provider keys never come from the file: `api_key_env` names the environment variable holding
-one, read once here. Part of the routing issue (10); the proxy does not route with it yet.
+one, read once here. Without MODELS_FILE, `single_provider` builds the table the proxy always had:
+one `openai` provider from UPSTREAM_OPENAI_*, every model passed through, no retries.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Provider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stream_usage: StreamUsage = "inject"
     headers: dict[str, str] = {}
     timeouts: Timeouts = Timeouts()
+    max_tokens: int = 4096  # anthropic: the max_tokens sent when the client sets none
 
 
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -91,10 +93,23 @@ class ModelsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ModelTable:
     """The checked file, with provider keys read and lookups by public name."""
 
-    def __init__(self, file: ModelsFile, api_keys: dict[str, str | None]) -> None:
+    def __init__(
+        self, file: ModelsFile, api_keys: dict[str, str | None], *, single: bool = False
+    ) -> None:
         self.file = file
         self.api_keys = api_keys  # provider name -> key (None: the provider takes none)
+        # No MODELS_FILE: the one upstream's answers, errors included, pass through as they are.
+        self.single = single
         self._patterns = [(name, route) for name, route in file.models.items() if _is_pattern(name)]
+
+    @property
+    def public_names(self) -> list[str]:
+        """The model names clients may send as they are (patterns excluded)."""
+        return [name for name in self.file.models if not _is_pattern(name)]
+
+    @property
+    def has_patterns(self) -> bool:
+        return bool(self._patterns)
 
     def route(self, model: str) -> ModelRoute | None:
         """The route of a public model name: the exact name first, then patterns in file order."""
@@ -133,6 +148,23 @@ def load_models_file(path: str, environ: Mapping[str, str] | None = None) -> Mod
     return ModelTable(file, _api_keys(file, os.environ if environ is None else environ))
 
 
+def single_provider(base_url: str, api_key: str | None, timeouts: Timeouts) -> ModelTable:
+    """The table of a proxy without MODELS_FILE: one `openai` provider, every model name passed
+    through to it, one attempt."""
+    provider = Provider(type="openai", base_url=base_url, timeouts=timeouts)
+    file = ModelsFile(
+        providers={SINGLE_PROVIDER: provider},
+        models={"*": ModelRoute(targets=[Target(provider=SINGLE_PROVIDER)])},
+        routing=Routing(retries=0, deadline=NO_DEADLINE),
+        default_provider=SINGLE_PROVIDER,
+    )
+    return ModelTable(file, {SINGLE_PROVIDER: api_key}, single=True)
+
+
+SINGLE_PROVIDER = "openai"
+NO_DEADLINE = 365 * 24 * 3600.0  # no deadline: the provider's own timeouts bound the wait
+
+
 def _check(file: ModelsFile) -> None:
     """What types cannot say: references resolve, numbers are in range, URLs are URLs."""
     for name, provider in file.providers.items():
@@ -141,6 +173,8 @@ def _check(file: ModelsFile) -> None:
             raise ConfigError(f"MODELS_FILE {at}.base_url: must be an http(s) URL")
         if provider.type == "azure" and not provider.api_version:
             raise ConfigError(f"MODELS_FILE {at}.api_version: required for type azure")
+        if provider.max_tokens < 1:
+            raise ConfigError(f"MODELS_FILE {at}.max_tokens: must be >= 1")
         for field in ("connect", "read", "first_token"):
             value = getattr(provider.timeouts, field)
             if value is not None and value <= 0:
@@ -169,8 +203,14 @@ def _check(file: ModelsFile) -> None:
             deadline=route.deadline if route.deadline is not None else 1.0,
         )
         _check_routing(overrides, at)
-    if file.default_provider is not None and file.default_provider not in file.providers:
-        raise ConfigError(f"MODELS_FILE $.default_provider: no provider {file.default_provider!r}")
+    default = file.default_provider
+    if default is not None and default not in file.providers:
+        raise ConfigError(f"MODELS_FILE $.default_provider: no provider {default!r}")
+    if default is not None and file.providers[default].type == "anthropic":
+        raise ConfigError(
+            "MODELS_FILE $.default_provider: OpenAI API pass-through needs an openai or azure "
+            f"provider; {default!r} is anthropic"
+        )
 
 
 def _check_routing(routing: Routing, at: str) -> None:

@@ -26,7 +26,6 @@ from llm_gateway_proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from llm_gateway_proxy.settings import ProxySettings
 
 # Never forwarded upstream: hop-by-hop headers, the client's credentials (the upstream key is set
 # here), the gateway's own routing headers, and what aiohttp sets itself.
@@ -70,20 +69,11 @@ def map_exceptions() -> Iterator[None]:
 
 
 class Upstream:
-    """The provider endpoint: its base URL, key, and a pooled aiohttp session."""
+    """The pooled, keep-alive aiohttp session every provider is reached through. Each request
+    brings its own URL, headers and timeouts (`providers/`)."""
 
-    def __init__(self, settings: ProxySettings) -> None:
-        self.base_url = settings.upstream_base_url
-        self._base = URL(settings.upstream_base_url)
-        self._drop = _DROP_REQUEST | (ACCOUNT_HEADERS - set(settings.forward_account_headers))
-        self._auth = f"Bearer {settings.upstream_api_key}" if settings.upstream_api_key else None
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=settings.connect_timeout,
-            sock_connect=settings.connect_timeout,
-            sock_read=settings.read_timeout,
-        )
-        self._pool_size = settings.upstream_pool_size
+    def __init__(self, pool_size: int) -> None:
+        self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -91,51 +81,69 @@ class Upstream:
             limit=self._pool_size, ttl_dns_cache=300, keepalive_timeout=30
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=True, trust_env=False
+            connector=connector, auto_decompress=True, trust_env=False
         )
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
-    def url(self, forward_path: str, query: bytes) -> URL:
-        """`<base><forward_path>?<query>`; `forward_path` is canonical and encoded (paths.py)."""
-        base_path = self._base.raw_path.rstrip("/")
-        url = self._base.with_path(base_path + forward_path, encoded=True)
-        if not url.raw_path.startswith(base_path + "/"):
-            raise InvalidPath("The request path leaves the provider's base path.")
-        return URL(f"{url}?{query.decode('ascii')}", encoded=True) if query else url
-
-    def headers(self, client_headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
-        """The client's headers minus those never forwarded, plus the upstream key; a header
-        whose bytes are not plain (control bytes, invalid UTF-8) is refused, not forwarded."""
-        drop = self._drop
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in client_headers
-            if name not in drop and not name.startswith(b"x-llm-")
-        }
-        # One check over every value for the usual case (printable ASCII); else each header's.
-        joined = "".join(headers.values())
-        if not (joined.isascii() and joined.isprintable()):
-            kept = [
-                (n, v) for n, v in client_headers if n not in drop and not n.startswith(b"x-llm-")
-            ]
-            headers = _checked(kept)
-        if self._auth is not None:
-            headers["Authorization"] = self._auth
-        return headers
-
     async def send(
-        self, method: str, url: URL, headers: dict[str, str], body: bytes
+        self,
+        method: str,
+        url: URL,
+        headers: dict[str, str],
+        body: bytes,
+        timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
         """Send one request and return once the response headers are in."""
         if self._session is None:
             raise UpstreamUnreachable("The upstream client is not started.")
         with map_exceptions():
             return await self._session.request(
-                method, url, headers=headers, data=body or None, allow_redirects=False
-            )
+                method, url, headers=headers, data=body or None, allow_redirects=False,
+                timeout=timeout,
+            )  # fmt: skip
+
+
+def client_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    """No total: a stream may last as long as it keeps talking; `read` bounds each silence."""
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=read)
+
+
+def url_under(base: URL, path: str, query: bytes = b"") -> URL:
+    """`<base><path>?<query>`; `path` is canonical and encoded (paths.py). The result is checked
+    to stay under the base path all the same."""
+    base_path = base.raw_path.rstrip("/")
+    url = base.with_path(base_path + path, encoded=True)
+    if not url.raw_path.startswith(base_path + "/"):
+        raise InvalidPath("The request path leaves the provider's base path.")
+    return URL(f"{url}?{query.decode('ascii')}", encoded=True) if query else url
+
+
+def dropped_headers(forward_account: Sequence[bytes]) -> frozenset[bytes]:
+    """The client headers never forwarded, given the account headers FORWARD_ACCOUNT_HEADERS
+    lets through."""
+    return _DROP_REQUEST | (ACCOUNT_HEADERS - set(forward_account))
+
+
+def forwarded_headers(
+    client_headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> dict[str, str]:
+    """The client's headers minus `drop` and the gateway's own (the adapter adds the
+    provider's key); a header whose bytes are not plain (control bytes, invalid UTF-8) is
+    refused, not forwarded."""
+    headers = {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in client_headers
+        if name not in drop and not name.startswith(b"x-llm-")
+    }
+    # One check over every value for the usual case (printable ASCII); else each header's.
+    joined = "".join(headers.values())
+    if not (joined.isascii() and joined.isprintable()):
+        kept = [(n, v) for n, v in client_headers if n not in drop and not n.startswith(b"x-llm-")]
+        headers = _checked(kept)
+    return headers
 
 
 def response_headers(response: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:

@@ -112,6 +112,11 @@ class StreamTranslator:
         self._tools = 0  # tool_use blocks seen: OpenAI's tool call index
         self._blocks: dict[int, int | None] = {}  # block index -> tool index (None: text)
 
+    @property
+    def usage_reported(self) -> bool:
+        """Whether the provider reported any usage yet (message_start or message_delta)."""
+        return bool(self._anthropic_usage)
+
     def feed(self, name: str, data: bytes) -> bytes:
         """OpenAI SSE bytes for one Anthropic event (b"" for those that carry nothing).
 

@@ -1,0 +1,302 @@
+"""The answer's way back: from the attempt the router settled on to the client, noting usage.
+
+OpenAI-format answers (openai, azure, every pass-through) go as they came: streams through the
+SSE tap (which may remove the usage chunk the gateway asked for), metered JSON read whole,
+anything else streamed on. Translated answers (anthropic) are rebuilt in OpenAI's shape:
+errors, whole messages and streams (`providers/anthropic*.py`).
+The bytes the router already read from a stream (`Answer.prefetched`) go first.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from llm_gateway_proxy.apis import Api
+from llm_gateway_proxy.downstream import Downstream
+from llm_gateway_proxy.errors import UpstreamIncomplete, UpstreamMalformed
+from llm_gateway_proxy.exchange import Exchange
+from llm_gateway_proxy.providers.anthropic_response import MalformedResponse, error_in, response_in
+from llm_gateway_proxy.providers.anthropic_stream import SSEOverflow, SSEParser, StreamTranslator
+from llm_gateway_proxy.router import Answer
+from llm_gateway_proxy.streaming import SSETap
+from llm_gateway_proxy.upstream import (
+    is_event_stream,
+    map_exceptions,
+    read_body,
+    response_headers,
+)
+from llm_gateway_proxy.usage import estimate_tokens, model_from_payload, usage_from_payload
+
+Headers = list[tuple[bytes, bytes]]
+
+# Keep every intermediary (nginx, ingress controllers, CDNs) from buffering or compressing SSE.
+_SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+_SSE_REPLACED = frozenset({b"cache-control", b"x-accel-buffering"})
+_USAGE_REPORT_BYTES = 1 << 20  # pass-through JSON answers up to this size are read for usage
+_JSON = (b"content-type", b"application/json")
+
+
+async def relay(
+    answer: Answer,
+    api: Api | None,
+    exchange: Exchange,
+    downstream: Downstream,
+    *,
+    headers: Headers,
+    capture_bytes: int,
+) -> None:
+    """Pass the answer to the client, noting usage on the way; always closes it."""
+    response = answer.response
+    exchange.status = response.status
+    completed = False
+    try:
+        if answer.choice.adapter.translates:
+            exchange.upstream_request_id = response.headers.get("request-id")
+            await _relay_translated(answer, exchange, downstream, headers, capture_bytes)
+        else:
+            exchange.upstream_request_id = response.headers.get("x-request-id")
+            headers = response_headers(response) + headers
+            if is_event_stream(response):
+                await _relay_stream(answer, exchange, downstream, headers, capture_bytes)
+            elif api is None:
+                await _relay_chunks(response, exchange, downstream, headers)
+            else:
+                await _relay_body(response, exchange, downstream, headers, capture_bytes)
+        completed = True
+    finally:
+        if completed:
+            response.release()
+        else:
+            response.close()  # drop the connection: the provider stops generating
+
+
+async def _relay_stream(
+    answer: Answer,
+    exchange: Exchange,
+    downstream: Downstream,
+    headers: Headers,
+    capture_bytes: int,
+) -> None:
+    response = answer.response
+    exchange.strip_usage_chunk = answer.strip_usage_chunk
+    tap = SSETap(strip_usage_chunk=answer.strip_usage_chunk)
+    headers = [h for h in headers if h[0] not in _SSE_REPLACED]
+    headers.extend(_SSE_HEADERS)
+    captured = bytearray()
+    await downstream.start(response.status, headers, event_stream=True)
+    try:
+        if answer.prefetched:
+            if capture_bytes:
+                captured += answer.prefetched[: capture_bytes + 1]
+            forward = tap.feed(answer.prefetched)
+            if forward:
+                exchange.mark_first_byte()
+                await downstream.body(forward, more=True)
+        with map_exceptions():
+            async for chunk in response.content.iter_any():
+                if capture_bytes and len(captured) <= capture_bytes:
+                    captured += chunk[: capture_bytes + 1 - len(captured)]
+                forward = tap.feed(chunk)
+                if forward:
+                    exchange.mark_first_byte()
+                    await downstream.body(forward, more=True)
+        await downstream.body(tap.flush(), more=False)
+    finally:
+        exchange.usage = tap.usage
+        exchange.response_model = tap.response_model
+        exchange.completion_estimate = tap.events
+        exchange.response_bytes = downstream.sent_bytes
+        if capture_bytes:
+            exchange.captured_response = bytes(captured)
+        if tap.errored:
+            exchange.fail("upstream_error", "stream_error")
+    if response.status >= 400:
+        exchange.fail("upstream_error", f"http_{response.status}")
+
+
+async def _relay_body(
+    response: aiohttp.ClientResponse,
+    exchange: Exchange,
+    downstream: Downstream,
+    headers: Headers,
+    capture_bytes: int,
+) -> None:
+    """A JSON answer from a metered API: read whole, usage taken from it, sent in one piece."""
+    raw = await read_body(response)
+    payload = _json(raw)
+    if response.status < 400:
+        exchange.usage = usage_from_payload(payload)
+        exchange.response_model = model_from_payload(payload)
+        if exchange.usage is None:
+            exchange.completion_estimate = estimate_tokens(raw)
+    else:
+        exchange.fail("upstream_error", upstream_error_type(payload, response.status))
+    await _send_whole(response.status, raw, exchange=exchange, downstream=downstream,
+                      headers=headers, capture_bytes=capture_bytes)  # fmt: skip
+
+
+async def _relay_chunks(
+    response: aiohttp.ClientResponse,
+    exchange: Exchange,
+    downstream: Downstream,
+    headers: Headers,
+) -> None:
+    """Any other answer (pass-through paths): streamed on as it arrives, never held whole. A
+    JSON answer small enough to be a usage report (images, audio) is also read for its usage."""
+    await downstream.start(response.status, headers)
+    exchange.mark_first_byte()
+    tee: bytearray | None = bytearray() if response.content_type == "application/json" else None
+    with map_exceptions():
+        async for chunk in response.content.iter_any():
+            if tee is not None:
+                if len(tee) + len(chunk) <= _USAGE_REPORT_BYTES:
+                    tee += chunk
+                else:
+                    tee = None
+            await downstream.body(chunk, more=True)
+    await downstream.body(b"", more=False)
+    exchange.response_bytes = downstream.sent_bytes
+    if response.status >= 400:
+        exchange.fail("upstream_error", f"http_{response.status}")
+    elif tee:
+        payload = _json(bytes(tee))
+        exchange.usage = usage_from_payload(payload)
+        exchange.response_model = model_from_payload(payload)
+
+
+# --- translated answers (anthropic) ------------------------------------------------------------
+
+
+async def _relay_translated(
+    answer: Answer,
+    exchange: Exchange,
+    downstream: Downstream,
+    headers: Headers,
+    capture_bytes: int,
+) -> None:
+    response = answer.response
+    if response.status >= 400:
+        status, raw = error_in(response.status, await read_body(response))
+        exchange.status = status
+        exchange.fail("upstream_error", upstream_error_type(_json(raw), response.status))
+        await _send_whole(status, raw, exchange=exchange, downstream=downstream,
+                          headers=[_JSON, *headers], capture_bytes=capture_bytes)  # fmt: skip
+    elif is_event_stream(response):
+        await _relay_translated_stream(answer, exchange, downstream, headers, capture_bytes)
+    else:
+        try:
+            raw = response_in(await read_body(response), created=int(time.time()))
+        except MalformedResponse as exc:
+            raise UpstreamMalformed(f"The provider's answer was not usable: {exc}") from exc
+        payload = orjson.loads(raw)
+        exchange.usage = usage_from_payload(payload)
+        exchange.response_model = model_from_payload(payload)
+        await _send_whole(200, raw, exchange=exchange, downstream=downstream,
+                          headers=[_JSON, *headers], capture_bytes=capture_bytes)  # fmt: skip
+
+
+async def _relay_translated_stream(
+    answer: Answer,
+    exchange: Exchange,
+    downstream: Downstream,
+    headers: Headers,
+    capture_bytes: int,
+) -> None:
+    translation = _Translation(answer, exchange, downstream, capture_bytes)
+    started = [(b"content-type", b"text/event-stream; charset=utf-8"), *_SSE_HEADERS, *headers]
+    await downstream.start(200, started, event_stream=True)
+    try:
+        with map_exceptions():
+            if answer.prefetched:
+                await translation.feed(answer.prefetched)
+            async for chunk in answer.response.content.iter_any():
+                await translation.feed(chunk)
+                if translation.translator.finished:
+                    break
+        if not translation.translator.finished:
+            raise UpstreamIncomplete("The upstream provider's stream ended before its end.")
+        await downstream.body(b"", more=False)
+    finally:
+        translation.settle()
+
+
+class _Translation:
+    """One Messages stream on its way to the client as chat.completion chunks."""
+
+    def __init__(
+        self, answer: Answer, exchange: Exchange, downstream: Downstream, capture_bytes: int
+    ) -> None:
+        self.parser = SSEParser()
+        self.translator = StreamTranslator(created=int(time.time()),
+                                           include_usage=answer.include_usage)  # fmt: skip
+        self.exchange = exchange
+        self.downstream = downstream
+        self.capture_bytes = capture_bytes
+        self.captured = bytearray()
+
+    async def feed(self, chunk: bytes) -> None:
+        try:
+            events = self.parser.feed(chunk)
+            out = b"".join(self.translator.feed(event.name, event.data) for event in events)
+        except (MalformedResponse, SSEOverflow) as exc:
+            raise UpstreamMalformed(f"The provider's stream was not usable: {exc}") from exc
+        if any(event.name == "error" for event in events):
+            self.exchange.fail("upstream_error", "stream_error")
+        if out:
+            limit = self.capture_bytes
+            if limit and len(self.captured) <= limit:
+                self.captured += out[: limit + 1 - len(self.captured)]
+            self.exchange.mark_first_byte()
+            await self.downstream.body(out, more=True)
+
+    def settle(self) -> None:
+        """Note what the stream reported, however it ended."""
+        exchange, translator = self.exchange, self.translator
+        if translator.usage_reported:
+            exchange.usage = usage_from_payload({"usage": translator.usage})
+        exchange.response_model = translator.model or None
+        exchange.response_bytes = self.downstream.sent_bytes
+        if self.capture_bytes:
+            exchange.captured_response = bytes(self.captured)
+
+
+# --- shared -----------------------------------------------------------------------------------
+
+
+async def _send_whole(
+    status: int,
+    raw: bytes,
+    *,
+    exchange: Exchange,
+    downstream: Downstream,
+    headers: Headers,
+    capture_bytes: int,
+) -> None:
+    exchange.response_bytes = len(raw)
+    if capture_bytes:
+        exchange.captured_response = raw[: capture_bytes + 1]
+    headers.append((b"content-length", str(len(raw)).encode()))
+    exchange.mark_first_byte()
+    await downstream.start(status, headers)
+    await downstream.body(raw, more=False)
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def upstream_error_type(payload: Any, status: int) -> str:
+    """The provider's error type (`rate_limit_error`, ...) when its body says, else the status."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        for key in ("type", "code"):
+            if isinstance(error.get(key), str) and error[key]:
+                return str(error[key])
+    return f"http_{status}"

@@ -1,0 +1,410 @@
+"""Routing: which provider answers a request, and what a failed attempt does.
+
+`Router.plan` turns the public model name into steps (the model's own targets, then each of its
+fallbacks); `Router.forward` makes attempts until one answers, and returns that answer with its
+headers in (and, for a stream, its first events read). What a failed attempt does:
+
+    connect error, timeout before the first byte,   retry: another target first (the same one
+    408, 429, 5xx, 529, an error event before any   when it is the only one), then the fallbacks;
+    content in a 200 stream                          counts toward the target's cooldown
+    401, 403, 404 from the provider                  the gateway's configuration is at fault: the
+                                                     next target, logged loudly; nothing left ->
+                                                     502 in the gateway's words
+    any other 4xx (400, 413, 422, ...)               the client's: answered as it is, never retried
+
+`retries` counts extra attempts within one step; the fallbacks get their own. Backoff (full
+jitter; Retry-After honoured up to `backoff.max`) applies when a target is tried again; another
+target is tried at once. All attempts share the step's `deadline` before the first byte. When
+attempts run out, the last failure is the answer (a provider's error as it sent it, translated
+for anthropic), marked `x-should-retry: false` so SDKs do not retry what the gateway already did.
+Without MODELS_FILE (one provider, no retries) every answer passes through as it always did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from llm_gateway_proxy.apis import Api, ParsedRequest
+from llm_gateway_proxy.cooldowns import Cooldowns
+from llm_gateway_proxy.errors import (
+    GatewayError,
+    ModelNotFound,
+    NotFound,
+    UnsupportedByProvider,
+    UpstreamMisconfigured,
+    UpstreamStreamError,
+    UpstreamTimeout,
+)
+from llm_gateway_proxy.exchange import Exchange
+from llm_gateway_proxy.modelconfig import NO_DEADLINE, ModelRoute, ModelTable, Routing
+from llm_gateway_proxy.providers.adapters import Adapter, adapter_for
+from llm_gateway_proxy.providers.streamstart import Verdict
+from llm_gateway_proxy.upstream import Upstream, map_exceptions
+
+log = structlog.get_logger("llm_gateway.proxy")
+
+_RETRYABLE = frozenset({408, 429})
+_MISCONFIGURED = frozenset({401, 403, 404})
+NO_RETRY = (b"x-should-retry", b"false")
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One target of a step: a provider entry and the model name sent to it."""
+
+    adapter: Adapter
+    model: str | None  # None: the client's own model name (pass-through)
+    weight: float
+    id: str  # `<provider>/<model>`: cooldowns and X-LLM-Route
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str  # the public model name (the client's, or a fallback's)
+    choices: tuple[Choice, ...]
+    routing: Routing
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    steps: tuple[Step, ...]
+    retrying: bool  # whether the gateway may make more than one attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What the client asked for, as every attempt needs it."""
+
+    method: str
+    forward_path: str
+    query: bytes
+    headers: Sequence[tuple[bytes, bytes]]
+    body: bytes
+    api: Api | None
+    request: ParsedRequest | None
+    stream: bool
+    include_usage: bool  # the client asked for the usage chunk itself
+
+
+@dataclass(slots=True)
+class Answer:
+    """The attempt the client gets: its open response, the bytes already read from it (the
+    stream's first events), and the headers the gateway adds."""
+
+    response: aiohttp.ClientResponse
+    choice: Choice
+    prefetched: bytes = b""
+    strip_usage_chunk: bool = False  # the gateway asked for a usage chunk the client did not
+    include_usage: bool = False  # the client asked for the usage chunk (translated streams)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class _Failed(Exception):
+    """One attempt failed in a way the router may route around."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        answer: Answer | None = None,
+        error: GatewayError | None = None,
+        retry_after: float | None = None,
+        misconfigured: bool = False,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.answer = answer  # a provider's answer, still open, if it sent one
+        self.error = error  # else what the gateway answers if this is the last failure
+        self.retry_after = retry_after
+        self.misconfigured = misconfigured
+
+
+class Router:
+    def __init__(
+        self,
+        table: ModelTable,
+        upstream: Upstream,
+        cooldowns: Cooldowns,
+        *,
+        forward_account: Sequence[bytes] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.table = table
+        self.upstream = upstream
+        self.cooldowns = cooldowns
+        self._rng = rng or random.Random()
+        self.adapters = {
+            name: adapter_for(name, provider, table.api_keys[name], forward_account)
+            for name, provider in table.file.providers.items()
+        }
+        default = table.file.default_provider
+        self._default = None if default is None else self._passthrough_step(default)
+        # What an event names as its provider before any attempt (a refused request).
+        self.default_provider = "none" if default is None else self.adapters[default].otel_name
+
+    # --- planning ---------------------------------------------------------------------------
+
+    def plan(self, api: Api | None, model: str | None) -> Plan:
+        """The steps for a request: 404 for an unknown model, 400 when no target can serve the
+        API; a pass-through path (api None) goes to the default provider, once."""
+        if api is None:
+            if self._default is None:
+                raise NotFound("This gateway routes no other /v1 path (no default_provider).")
+            return Plan((self._default,), retrying=False)
+        assert model is not None
+        route = self.table.route(model)
+        if route is None:
+            raise ModelNotFound(
+                f"The model `{model}` does not exist or you do not have access to it.",
+                param="model",
+            )
+        steps = [self._step(model, route, api)]
+        steps += [self._step(name, self.table.file.models[name], api) for name in route.fallbacks]
+        served = tuple(step for step in steps if step.choices)
+        if not served:
+            raise UnsupportedByProvider(
+                f"The model `{model}` is served by providers that cannot answer {api.path}.",
+                param="model",
+            )
+        retrying = len(served) > 1 or served[0].routing.retries > 0
+        return Plan(served, retrying=retrying and not self.table.single)
+
+    def _step(self, name: str, route: ModelRoute, api: Api) -> Step:
+        choices = []
+        for target in route.targets:
+            adapter = self.adapters[target.provider]
+            if adapter.serves(api):
+                model = target.model or name
+                choices.append(Choice(adapter, model, target.weight, f"{target.provider}/{model}"))
+        return Step(name, tuple(choices), self.table.routing(route))
+
+    def _passthrough_step(self, provider: str) -> Step:
+        choice = Choice(self.adapters[provider], None, 1.0, f"{provider}/*")
+        return Step("*", (choice,), Routing(retries=0, deadline=NO_DEADLINE))
+
+    # --- attempts -------------------------------------------------------------------------
+
+    async def forward(self, plan: Plan, call: Call, exchange: Exchange) -> Answer:
+        """Attempt until one answers; the answer's headers are in. Raises a GatewayError when
+        the last attempt failed without an answer to pass on."""
+        deadline = time.monotonic() + plan.steps[0].routing.deadline
+        for number, step in enumerate(plan.steps):
+            routing = step.routing
+            tried: list[str] = []
+            choice = self._choose(step, tried)
+            for attempt in range(1 + routing.retries):
+                tried.append(choice.id)
+                try:
+                    answer = await self._attempt(choice, call, exchange, deadline)
+                except _Failed as failed:
+                    self._note_failure(choice, routing, failed, exchange)
+                    retry = None
+                    if attempt < routing.retries:
+                        retry = self._next(step, tried, failed, deadline)
+                    if (
+                        retry is None
+                        and number + 1 < len(plan.steps)
+                        and (time.monotonic() < deadline)
+                    ):
+                        _discard(failed.answer)
+                        break  # on to the fallbacks
+                    if retry is None:
+                        return self._last_failure(failed, plan, exchange)
+                    _discard(failed.answer)
+                    choice, delay = retry
+                    if delay:
+                        await asyncio.sleep(delay)
+                    continue
+                if not self.table.single:
+                    self.cooldowns.succeeded(choice.id)
+                answer.headers.append(_attempts(exchange))
+                return answer
+        raise AssertionError("every step ends in an answer or a failure")  # pragma: no cover
+
+    def _next(
+        self, step: Step, tried: list[str], failed: _Failed, deadline: float
+    ) -> tuple[Choice, float] | None:
+        """The next target and how long to wait first; None when the deadline allows none."""
+        choice = self._choose(step, tried)
+        delay = 0.0
+        if choice.id in tried:  # the same target again: back off first
+            ceiling = step.routing.backoff.base * 2 ** (tried.count(choice.id) - 1)
+            delay = self._rng.uniform(0, min(step.routing.backoff.max, ceiling))
+            if failed.retry_after is not None:
+                if failed.retry_after > step.routing.backoff.max:
+                    return None  # the provider asks for longer than we may wait
+                delay = failed.retry_after
+        if time.monotonic() + delay >= deadline:
+            return None
+        return choice, delay
+
+    def _choose(self, step: Step, tried: list[str]) -> Choice:
+        """Weighted random among the targets not cooling down, untried ones first; when all
+        cool down, the one that frees soonest."""
+        choices = step.choices
+        if len(choices) == 1 and self.table.single:
+            return choices[0]
+        now = self.cooldowns.now()
+        free = [c for c in choices if self.cooldowns.frees_at(c.id, now) == 0.0]
+        pool = [c for c in free if c.id not in tried] or free
+        if pool:
+            choice = pool[0] if len(pool) == 1 else self._weighted(pool)
+        else:
+            choice = min(choices, key=lambda c: self.cooldowns.frees_at(c.id, now))
+        self.cooldowns.chosen(choice.id, now, lease=step.routing.deadline)
+        return choice
+
+    def _weighted(self, pool: list[Choice]) -> Choice:
+        return self._rng.choices(pool, weights=[c.weight for c in pool])[0]
+
+    async def _attempt(
+        self, choice: Choice, call: Call, exchange: Exchange, deadline: float
+    ) -> Answer:
+        adapter = choice.adapter
+        model = choice.model if call.api is not None else None
+        outgoing = adapter.outgoing(call.api, call.body, call.request, model)
+        url: URL = adapter.url(call.api, call.forward_path, call.query, model)
+        headers = adapter.headers(call.headers)
+        exchange.attempt(adapter.otel_name, adapter.name, model or exchange.model)
+        answer_headers = [(b"x-llm-route", _route(choice, exchange).encode("latin-1", "replace"))]
+        budget = deadline - time.monotonic()
+        if call.stream and adapter.first_token is not None:
+            budget = min(budget, adapter.first_token)
+        response: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(budget):
+                response = await self.upstream.send(
+                    call.method, url, headers, outgoing.body, adapter.timeout
+                )
+                answer = Answer(response, choice, b"", outgoing.strip_usage_chunk,
+                                call.include_usage, answer_headers)  # fmt: skip
+                if response.status >= 400:
+                    return self._judge_status(answer)
+                if call.stream and response.content_type == "text/event-stream":
+                    return await self._peek(answer, watch=not self.table.single)
+                return answer
+        except _Failed:
+            raise  # its answer stays open: it may be the one the client gets
+        except TimeoutError as exc:
+            _close(response)
+            raise _Failed("timeout", error=UpstreamTimeout(
+                "The upstream provider did not answer in time.")) from exc  # fmt: skip
+        except GatewayError as exc:  # unreachable, cut off (upstream.py)
+            _close(response)
+            if exc.outcome != "upstream_error":
+                raise
+            raise _Failed(exc.code or "unreachable", error=exc) from exc
+        except BaseException:
+            _close(response)  # the client left (cancelled), or a bug: never leak a connection
+            raise
+
+    def _judge_status(self, answer: Answer) -> Answer:
+        status = answer.response.status
+        if self.table.single:
+            return answer  # one provider: its answer, whatever it is, as it always was
+        if status in _RETRYABLE or status >= 500:
+            raise _Failed(f"http_{status}", answer=answer,
+                          retry_after=_retry_after(answer.response))  # fmt: skip
+        if status in _MISCONFIGURED:
+            raise _Failed(f"http_{status}", answer=answer, misconfigured=True)
+        return answer  # the client's error: never routed around
+
+    async def _peek(self, answer: Answer, *, watch: bool) -> Answer:
+        """Read a stream up to its first content: an error before it is a failed attempt."""
+        if not watch:
+            return answer
+        start = answer.choice.adapter.stream_start()
+        read = bytearray()
+        with map_exceptions():
+            async for chunk in answer.response.content.iter_any():
+                read += chunk
+                verdict = start.feed(chunk)
+                if verdict is Verdict.WAIT:
+                    continue
+                answer.prefetched = bytes(read)
+                if verdict is Verdict.ERROR:
+                    message = (start.error or {}).get("message")
+                    raise _Failed("stream_error", answer=answer, error=UpstreamStreamError(
+                        f"The upstream provider failed the stream: {message}"))  # fmt: skip
+                return answer
+        answer.prefetched = bytes(read)
+        return answer
+
+    def _note_failure(
+        self, choice: Choice, routing: Routing, failed: _Failed, exchange: Exchange
+    ) -> None:
+        exchange.failed_targets.append(choice.adapter.name)
+        if self.table.single:
+            return
+        self.cooldowns.failed(choice.id, routing.cooldown, failed.retry_after)
+        if failed.misconfigured:
+            log.error(
+                "provider_refused_gateway", provider=choice.adapter.name, model=choice.model,
+                status=failed.reason, request_id=exchange.request_id,
+                detail="the provider refused the gateway's key or does not have this model: "
+                "fix MODELS_FILE or the provider's key",
+            )  # fmt: skip
+        else:
+            log.warning("attempt_failed", provider=choice.adapter.name, model=choice.model,
+                        reason=failed.reason, request_id=exchange.request_id)  # fmt: skip
+
+    def _last_failure(self, failed: _Failed, plan: Plan, exchange: Exchange) -> Answer:
+        """No attempt is left: pass the provider's error on, or raise the gateway's."""
+        extra = [_attempts(exchange)]
+        if plan.retrying:
+            extra.append(NO_RETRY)
+        if failed.misconfigured:
+            _discard(failed.answer)
+            raise UpstreamMisconfigured(
+                "No provider configured for this model accepted the request (the gateway's "
+                "provider configuration is at fault, not your request or key).",
+                headers=extra,
+            )
+        if failed.answer is not None:
+            failed.answer.headers.extend(extra)
+            return failed.answer
+        assert failed.error is not None
+        failed.error.extra_headers = extra
+        raise failed.error
+
+
+def _discard(answer: Answer | None) -> None:
+    if answer is not None:
+        answer.response.close()
+
+
+def _close(response: aiohttp.ClientResponse | None) -> None:
+    if response is not None:
+        response.close()
+
+
+def _route(choice: Choice, exchange: Exchange) -> str:
+    return f"{choice.adapter.name}/{choice.model or exchange.model or ''}"
+
+
+def _attempts(exchange: Exchange) -> tuple[bytes, bytes]:
+    return (b"x-llm-attempts", str(exchange.attempts).encode())
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    """Seconds a provider asks to wait: `retry-after-ms`, `x-ms-retry-after-ms`, `retry-after`."""
+    headers = response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001),
+                        ("retry-after", 1.0)):  # fmt: skip
+        value = headers.get(name)
+        if value is not None:
+            try:
+                seconds = float(value) * scale
+            except ValueError:
+                continue  # an HTTP date: not worth a clock comparison across hosts
+            if seconds >= 0:
+                return seconds
+    return None
