@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from llm_gateway_common.events import decode_event, encode_event
 from tests.conftest import CollectorFactory
-from tests.support.events import make_event, produce
+from tests.support.events import ROUTED, make_event, produce
 
 
 async def until(check: object, what: str, deadline: float = 30.0) -> None:
@@ -36,7 +36,7 @@ async def test_events_are_appended_to_a_file_exactly_as_encoded(
 ) -> None:
     path = tmp_path / "events.ndjson"
     path.write_bytes(b"")  # appended to, never truncated
-    events = [make_event(i) for i in range(250)]
+    events = [make_event(i, **(ROUTED if i % 5 == 0 else {})) for i in range(250)]
     await produce(redis, stream_name, events)
     collector_factory(EVENTS_STREAM=stream_name, EVENT_LOG_PATH=str(path))
 
@@ -45,6 +45,10 @@ async def test_events_are_appended_to_a_file_exactly_as_encoded(
 
     await until(all_written, "every event in the file")
     assert lines(path) == [encode_event(e) for e in events]
+    routed = orjson.loads(lines(path)[0])
+    assert (routed["provider_name"], routed["attempts"], routed["failed_targets"]) == (
+        "azure-eu", 3, ["openai-us", "openai-us"],
+    )  # fmt: skip
     await until(lambda: _zero(pending(redis, stream_name)), "every entry acknowledged")
 
 

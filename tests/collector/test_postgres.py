@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from llm_gateway_collector.ledger_schema import migrate
+from llm_gateway_collector.ledger_schema import (
+    column_arrays,
+    event_columns,
+    insert_statement,
+    migrate,
+)
+from llm_gateway_common.events import UsageEvent
 from tests.collector.test_ndjson import pending, until
 from tests.conftest import CollectorFactory
-from tests.support.events import make_event, produce
+from tests.support.events import ROUTED, make_event, produce
 from tests.support.postgres import LocalPostgres
+
+ROUTING_COLUMNS = ("provider_name", "upstream_model", "attempts", "failed_targets")
 
 
 @pytest.fixture
@@ -38,7 +47,8 @@ async def test_batches_land_once_and_redelivery_does_not_double_count(
     stream_name: str,
 ) -> None:
     tenant = f"ledger-{stream_name[-8:]}"
-    events = [make_event(i, tenant=f"{tenant}-{i % 2}") for i in range(300)]
+    events = [make_event(i, tenant=f"{tenant}-{i % 2}", **(ROUTED if i % 5 == 0 else {}))
+              for i in range(300)]  # fmt: skip
     await produce(redis, stream_name, events + events[:50])  # the proxy may repeat an event
     collector_factory(EVENTS_STREAM=stream_name, COLLECTOR_SINK="postgres",
                       DATABASE_URL=database_url)  # fmt: skip
@@ -50,11 +60,81 @@ async def test_batches_land_once_and_redelivery_does_not_double_count(
     rows = await rows_for(db, tenant)
     assert {r["event_id"] for r in rows} == {e.event_id for e in events}
     assert all(r["copies"] == 1 for r in rows)
-    stored = await db.fetchrow("SELECT * FROM usage_events WHERE event_id = $1", events[7].event_id)
-    assert stored is not None
-    for name in ("request_id", "tenant", "model", "prompt_tokens", "total_tokens", "outcome",
-                 "started_at", "latency_ms", "usage_source"):  # fmt: skip
-        assert stored[name] == getattr(events[7], name), name
+    for event in (events[7], events[10]):  # one served directly, one routed
+        stored = await db.fetchrow("SELECT * FROM usage_events WHERE event_id = $1",
+                                   event.event_id)  # fmt: skip
+        assert stored is not None
+        for name in ("request_id", "tenant", "model", "prompt_tokens", "total_tokens", "outcome",
+                     "started_at", "latency_ms", "usage_source", "provider", "provider_name",
+                     "upstream_model", "attempts"):  # fmt: skip
+            assert stored[name] == getattr(event, name), name
+        assert stored["failed_targets"] == list(event.failed_targets)
+    # What an SRE asks of it: which providers failed requests, and how often.
+    failing = await db.fetch("SELECT target, count(*) FROM usage_events, "
+                             "unnest(failed_targets) AS target WHERE tenant LIKE $1 "
+                             "GROUP BY target", tenant + "%")  # fmt: skip
+    assert [tuple(r) for r in failing] == [("openai-us", 120)]  # 60 routed events, 2 failures each
+
+
+async def test_a_schema_1_ledger_is_upgraded_in_place(db: asyncpg.Connection,
+                                                      database_url: str) -> None:  # fmt: skip
+    schema = f"ledger_v1_{uuid.uuid4().hex[:8]}"
+    await db.execute(f"CREATE SCHEMA {schema}")
+    settings = {"search_path": schema}
+    replicas = [await asyncpg.connect(database_url, server_settings=settings) for _ in range(2)]
+    try:
+        old = replicas[0]
+        await old.execute(f"CREATE TABLE usage_events ({SCHEMA_1_COLUMNS})")
+        before = make_event(1)
+        await old.execute(*schema_1_insert(before))
+
+        await asyncio.gather(*(migrate(c) for c in replicas))  # two collectors start at once
+        await migrate(old)  # and again: idempotent
+
+        columns = {r["column_name"]: tuple(r)[1:] for r in await old.fetch(
+            "SELECT column_name, data_type, is_nullable, column_default FROM "
+            "information_schema.columns WHERE (table_schema, table_name) = ($1, 'usage_events')",
+            schema)}  # fmt: skip
+        assert [columns[n] for n in ROUTING_COLUMNS] == [
+            ("text", "YES", None), ("text", "YES", None), ("bigint", "NO", "0"),
+            ("ARRAY", "NO", "'{}'::text[]"),
+        ]  # fmt: skip
+        assert set(columns) == {"ingested_at", *(name for name, _ in event_columns())}
+        assert await routing_of(old, before) == [None, None, 0, []]  # as a schema 1 event decodes
+        during = make_event(2)  # a collector of the previous version, mid rolling upgrade
+        await old.execute(*schema_1_insert(during))
+        assert await routing_of(old, during) == [None, None, 0, []]
+        after = make_event(3, **ROUTED)
+        await old.execute(insert_statement(), *column_arrays([after]))
+        assert await routing_of(old, after) == ["azure-eu", "gpt-4o-eu", 3, ["openai-us"] * 2]
+        assert await old.fetchval("SELECT sum(requests) FROM usage_daily") == 3
+    finally:
+        for connection in replicas:
+            await connection.close()
+        await db.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# The ledger as the schema 1 collector created it: every column nullable, no routing columns.
+SCHEMA_1 = [(name, sql_type) for name, sql_type in event_columns() if name not in ROUTING_COLUMNS]
+SCHEMA_1_COLUMNS = ", ".join(
+    ["event_id text PRIMARY KEY", "ingested_at timestamptz NOT NULL DEFAULT now()"]
+    + [f'"{name}" {sql_type}' for name, sql_type in SCHEMA_1 if name != "event_id"]
+)
+
+
+def schema_1_insert(event: UsageEvent) -> list[object]:
+    """A schema 1 collector's INSERT of one event: only the columns it knew."""
+    names = ", ".join(f'"{name}"' for name, _ in SCHEMA_1)
+    values = ", ".join(f"${i}" for i in range(1, len(SCHEMA_1) + 1))
+    statement = f"INSERT INTO usage_events ({names}) VALUES ({values})"
+    return [statement, *(getattr(event, name) for name, _ in SCHEMA_1)]
+
+
+async def routing_of(db: asyncpg.Connection, event: UsageEvent) -> list[object]:
+    row = await db.fetchrow(f"SELECT {', '.join(ROUTING_COLUMNS)} FROM usage_events "
+                            "WHERE event_id = $1", event.event_id)  # fmt: skip
+    assert row is not None
+    return list(row)
 
 
 async def test_usage_daily_view_and_indexes(

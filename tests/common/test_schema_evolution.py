@@ -1,6 +1,7 @@
 """An older consumer meets a newer producer's event: values added to the open vocabularies
 (`outcome`, `usage_source`) and fields it does not know are read, stored and forwarded, never
-dead-lettered, and a new outcome is judged a failure only by the status the client got."""
+dead-lettered, and a new outcome is judged a failure only by the status the client got. And this
+version reads schema 1 events (before routing), and a schema 1 consumer reads its events."""
 
 from __future__ import annotations
 
@@ -13,19 +14,22 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from llm_gateway_common.events import decode_event, encode_event
+from llm_gateway_common.events import SCHEMA_VERSION, UsageEvent, decode_event, encode_event
 from llm_gateway_dispatcher.helicone import log_body, log_headers
 from llm_gateway_dispatcher.lunary import run_events
 from tests.collector.test_ndjson import lines, until
 from tests.conftest import CollectorFactory
 from tests.dispatcher.conftest import DispatcherFactory, dead_letters
-from tests.support.events import make_event, produce
+from tests.support.events import ROUTED, make_event, produce
+
+ROUTING_FIELDS = ("provider_name", "upstream_model", "attempts", "failed_targets")  # schema 2
 
 
 def newer_event(index: int, **overrides: object) -> bytes:
-    """The JSON a newer producer would write: schema 2, a field this version lacks, overrides."""
+    """The JSON a newer producer would write: a newer schema, a field this version lacks,
+    overrides."""
     data = orjson.loads(encode_event(make_event(index)))
-    data |= {"schema_version": 2, "fallback_from": {"provider": "openai", "attempts": 2}}
+    data |= {"schema_version": SCHEMA_VERSION + 1, "fallback_from": {"provider": "openai"}}
     data |= overrides
     return orjson.dumps(data)
 
@@ -36,9 +40,43 @@ SHED = {"outcome": "shed", "usage_source": "none", "status_code": 503}  # a new 
 
 def test_new_vocabulary_and_fields_decode() -> None:
     event = decode_event(newer_event(1, **FALLBACK))
-    assert (event.outcome, event.usage_source, event.schema_version) == ("fallback", "cache", 2)
+    assert (event.outcome, event.usage_source) == ("fallback", "cache")
+    assert event.schema_version == SCHEMA_VERSION + 1
     assert not event.failed
     assert decode_event(newer_event(2, **SHED)).failed
+
+
+def test_a_schema_1_event_decodes_with_the_routing_fields_at_their_defaults() -> None:
+    event = make_event(1)
+    data = orjson.loads(encode_event(event))
+    for name in ROUTING_FIELDS:
+        del data[name]
+    old = decode_event(orjson.dumps({**data, "schema_version": 1}))
+    assert (old.provider_name, old.upstream_model, old.attempts, old.failed_targets) == (
+        None, None, 0, ()
+    )  # fmt: skip
+    assert msgspec.structs.replace(old, schema_version=SCHEMA_VERSION) == event
+
+
+def test_a_schema_1_consumer_decodes_a_routed_event() -> None:
+    routed = make_event(1, **ROUTED)
+    data = encode_event(routed)
+    assert orjson.loads(data)["failed_targets"] == ["openai-us", "openai-us"]  # a JSON array
+    old = schema_1_decoder().decode(data)
+    for field in msgspec.structs.fields(old):
+        assert getattr(old, field.name) == getattr(routed, field.name), field.name
+    assert old.provider == "azure.ai.openai"
+
+
+def schema_1_decoder() -> msgspec.json.Decoder[msgspec.Struct]:
+    """How a consumer built before schema 2 decodes: `UsageEvent` without the routing fields."""
+    fields = [
+        (f.name, f.type) if f.required else (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(UsageEvent)
+        if f.name not in ROUTING_FIELDS
+    ]
+    shape = msgspec.defstruct("UsageEventV1", fields, kw_only=True, frozen=True)
+    return msgspec.json.Decoder(shape)
 
 
 def test_known_outcomes_keep_their_meaning_whatever_the_status() -> None:

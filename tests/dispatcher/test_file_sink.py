@@ -6,12 +6,13 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
+import orjson
 import redis.asyncio as aioredis
 
 from llm_gateway_common.events import encode_event
 from tests.collector.test_ndjson import lines, pending, until
 from tests.dispatcher.conftest import DispatcherFactory, dead_letters
-from tests.support.events import make_event, produce
+from tests.support.events import ROUTED, make_event, produce
 
 
 async def test_every_event_is_appended_as_its_own_json_line_and_acknowledged(
@@ -20,7 +21,7 @@ async def test_every_event_is_appended_as_its_own_json_line_and_acknowledged(
 ) -> None:  # fmt: skip
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"")  # appended to, never truncated
-    events = [make_event(i) for i in range(300)]
+    events = [make_event(i, **(ROUTED if i % 5 == 0 else {})) for i in range(300)]
     await produce(redis, stream_name, events[:120])
     dispatcher = dispatcher_factory(DISPATCHER_ENDPOINT=str(path), DISPATCHER_BATCH_SIZE="50")
     await produce(redis, stream_name, events[120:])
@@ -30,6 +31,10 @@ async def test_every_event_is_appended_as_its_own_json_line_and_acknowledged(
 
     await until(all_written, "every event in the file")
     assert lines(path) == [encode_event(e) for e in events]
+    routed = orjson.loads(lines(path)[0])
+    assert (routed["provider_name"], routed["attempts"], routed["failed_targets"]) == (
+        "azure-eu", 3, ["openai-us", "openai-us"],
+    )  # fmt: skip
 
     async def all_acknowledged() -> bool:
         return await pending(redis, stream_name, "dispatcher") == 0

@@ -12,17 +12,24 @@ from llm_gateway_dispatcher.outcomes import delivery_id
 from llm_gateway_fakes.helicone import FakeHelicone
 from tests.collector.test_ndjson import pending, until
 from tests.dispatcher.conftest import HELICONE_KEY, DispatcherFactory, dead_letters
-from tests.support.events import make_event, produce
+from tests.support.events import ROUTED, make_event, produce
+
+ROUTING = ("provider", "provider-name", "upstream-model", "attempts", "failed-targets")
 
 
 def assert_logged_exactly(helicone: FakeHelicone, events: list[UsageEvent]) -> None:
-    """One log per event, under the event's own request id, with its model, tokens and ids."""
+    """One log per event, under the event's own request id, with its model, tokens, ids and
+    routing."""
     assert set(helicone.logs) == {delivery_id(e) for e in events}
     for event in events:
         logged = helicone.logs[delivery_id(event)]
         assert uuid.UUID(logged.request_id).version == 5
         assert logged.headers["helicone-property-request-id"] == event.request_id
         assert logged.headers["helicone-property-tenant"] == event.tenant
+        routing = [logged.headers.get(f"helicone-property-{name}") for name in ROUTING]
+        assert routing == [event.provider, event.provider_name, event.upstream_model,
+                           str(event.attempts) if event.attempts else None,
+                           ",".join(event.failed_targets) or None]  # fmt: skip
         response = logged.body["providerResponse"]["json"]
         assert response["model"] == event.model
         assert response["usage"]["prompt_tokens"] == event.prompt_tokens
@@ -41,7 +48,7 @@ async def test_an_outage_delays_delivery_but_loses_and_duplicates_nothing(
     redis: aioredis.Redis, stream_name: str,
 ) -> None:  # fmt: skip
     helicone.fail_next(6, 503)
-    events = [make_event(i) for i in range(24)]
+    events = [make_event(i, **(ROUTED if i % 4 == 0 else {})) for i in range(24)]
     await produce(redis, stream_name, events)
     dispatcher = dispatcher_factory(**helicone_env, DISPATCHER_CONCURRENCY="4")
     await all_logged(helicone, redis, stream_name, len(events))

@@ -13,18 +13,24 @@ from llm_gateway_dispatcher.outcomes import delivery_id
 from llm_gateway_fakes.lunary import FakeLunary
 from tests.collector.test_ndjson import pending, until
 from tests.dispatcher.conftest import LUNARY_KEY, DispatcherFactory, dead_letters
-from tests.support.events import make_event, produce
+from tests.support.events import ROUTED, make_event, produce
 
 
 def assert_runs_exactly(lunary: FakeLunary, events: list[UsageEvent]) -> None:
-    """One completed run per event, under the event's own id, with its model and tokens."""
+    """One completed run per event, under the event's own id, with its model, routing and
+    tokens."""
     runs = lunary.completed_runs()
     assert set(runs) == {delivery_id(e) for e in events}
     assert len(lunary.runs) == len(events)
     for event in events:
         run = runs[delivery_id(event)]
-        assert run.start["name"] == event.model
-        assert run.start["metadata"]["requestId"] == event.request_id
+        assert run.start["name"] == event.model  # not the provider or model routed to
+        metadata = run.start["metadata"]  # as Lunary kept it: flat scalars only
+        assert metadata["requestId"] == event.request_id
+        assert (metadata["provider"], metadata.get("providerName"), metadata.get("upstreamModel"),
+                metadata.get("attempts", 0), metadata.get("failedTargets", "")) == (
+            event.provider, event.provider_name, event.upstream_model, event.attempts,
+            ",".join(event.failed_targets))  # fmt: skip
         assert run.end is not None
         assert run.end["tokensUsage"]["prompt"] == event.prompt_tokens
 
@@ -48,7 +54,7 @@ async def test_an_outage_delays_delivery_but_loses_and_duplicates_nothing(
     redis: aioredis.Redis, stream_name: str,
 ) -> None:  # fmt: skip
     lunary.fail_next(5, 500)
-    events = [make_event(i) for i in range(40)]
+    events = [make_event(i, **(ROUTED if i % 4 == 0 else {})) for i in range(40)]
     await produce(redis, stream_name, events)
     dispatcher = dispatcher_factory(**lunary_env, DISPATCHER_BATCH_SIZE="10")
     await all_completed(lunary, len(events))

@@ -150,3 +150,18 @@ def test_a_helicone_log_without_captures_is_still_complete() -> None:
     assert all(value.isascii() and "\n" not in value and "\r" not in value
                for value in headers.values())  # fmt: skip
     assert headers["Helicone-Property-Outcome"] == "gateway_error"
+
+
+def test_a_request_failed_by_every_target_keeps_its_attempts_in_an_error_run_and_a_log() -> None:
+    event = make_event(5, outcome="upstream_error", status_code=503, error_type="overloaded_error",
+                       provider="anthropic", provider_name="anthropic-main", attempts=2,
+                       failed_targets=("openai-us", "anthropic-main"))  # fmt: skip
+    start, error = run_events(event)
+    assert error["event"] == "error"
+    assert start["metadata"]["attempts"] == 2
+    assert start["metadata"]["failedTargets"] == "openai-us,anthropic-main"
+    assert "upstreamModel" not in start["metadata"]  # unknown: left out, not sent as null
+    headers = log_headers(event)
+    assert headers["Helicone-Property-Provider"] == "anthropic"
+    assert headers["Helicone-Property-Failed-Targets"] == "openai-us,anthropic-main"
+    assert "Helicone-Property-Upstream-Model" not in headers

@@ -32,6 +32,14 @@ async def event_for(
         await asyncio.sleep(0.05)
 
 
+# The routing fields of a request that Azure answered after `openai-us` failed it twice: pass
+# as `make_event(i, **ROUTED)`.
+ROUTED: dict[str, object] = {
+    "provider": "azure.ai.openai", "provider_name": "azure-eu", "upstream_model": "gpt-4o-eu",
+    "attempts": 3, "failed_targets": ("openai-us", "openai-us"),
+}  # fmt: skip
+
+
 def make_event(index: int, **overrides: object) -> UsageEvent:
     """A realistic event, as the proxy would write it."""
     now = datetime.now(UTC)

@@ -10,6 +10,12 @@ that a value added by a newer producer (say an outcome `fallback`, a usage sourc
 decodes everywhere instead of failing validation and being dead-lettered by every consumer not
 yet upgraded. `Outcome` and `UsageSource` are the values this version produces (for producers to
 type-check against); consumers must handle any other string, and `UsageEvent.failed` says how.
+
+Schema 2 (routing across providers) added `provider_name`, `upstream_model`, `attempts` and
+`failed_targets`, and settled what `provider` holds: the provider's type as OpenTelemetry's
+`gen_ai.provider.name` names it (`openai`, `azure.ai.openai`, `anthropic`), which is what schema
+1's `openai` already was. A schema 1 event decodes with the new fields at their defaults: no
+provider entry or upstream model known, no attempt recorded, no target failed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Literal, get_args
 
 import msgspec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # What this version produces. The event fields are `str`: never decode against these.
 Outcome = Literal["ok", "upstream_error", "gateway_error", "client_disconnected"]
@@ -43,9 +49,13 @@ class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False)
     user: str | None = None
     endpoint: str
     method: str = "POST"
-    provider: str
-    model: str | None = None
-    response_model: str | None = None
+    provider: str  # the type, as `gen_ai.provider.name`: openai, azure.ai.openai, anthropic
+    provider_name: str | None = None  # its entry in the models file, e.g. `azure-eu`
+    model: str | None = None  # as the client asked
+    upstream_model: str | None = None  # as sent to the provider (for Azure, the deployment)
+    response_model: str | None = None  # as the provider answered (e.g. a dated snapshot)
+    attempts: int = 0  # upstream attempts made; 0: refused before any (or a schema 1 event)
+    failed_targets: tuple[str, ...] = ()  # provider_name of each failed attempt, in order
     stream: bool = False
     status_code: int
     outcome: str  # open vocabulary: KNOWN_OUTCOMES, and whatever a newer producer adds

@@ -1,9 +1,15 @@
 """The Postgres usage ledger's schema, derived from the event Struct and migrated at startup.
 
 Every field of `UsageEvent` is a column of `usage_events` (primary key `event_id`); a field
-added to the event becomes a new nullable column on the next start. Migrations run inside one
+added to the event becomes a new column on the next start (`ADD COLUMN IF NOT EXISTS`), nullable
+unless `_NOT_NULL_DEFAULTS` gives the value the rows already there hold. Migrations run inside one
 transaction holding an advisory lock, so replicas starting together apply them one at a time,
 and every statement is idempotent, so re-running them is harmless.
+
+A list field (`failed_targets`) is a `text[]` column. A batch is inserted as one array per
+column, unnested, and Postgres cannot unnest an array of arrays into rows of arrays, so each
+row's list travels as JSON (a `jsonb[]` parameter) and is turned back into an array in the
+INSERT.
 """
 
 from __future__ import annotations
@@ -22,8 +28,15 @@ TABLE = "usage_events"
 _MIGRATION_LOCK = 0x11_6A7E_0001  # pg_advisory_xact_lock key owned by this schema
 _SQL_TYPES: dict[Any, str] = {
     str: "text", int: "bigint", float: "double precision", bool: "boolean",
-    datetime: "timestamptz",
+    datetime: "timestamptz", tuple[str, ...]: "text[]",
 }  # fmt: skip
+# Columns added to ledgers that already had rows, for which the event's default is also true of
+# those rows (an old event decodes to it: no attempt recorded, no target failed): NOT NULL with
+# that default, so queries need no coalesce, and a collector of the previous version, still
+# inserting during a rolling upgrade, fills them too. Postgres adds such a column without
+# rewriting the table. The columns of schema 1 stay as they were created, nullable.
+_NOT_NULL_DEFAULTS: dict[str, str] = {"attempts": "0", "failed_targets": "'{}'"}
+_json_encoder = msgspec.json.Encoder()
 
 
 def _sql_strings(values: frozenset[str]) -> str:
@@ -59,7 +72,7 @@ def _statements() -> list[str]:
         "event_id text PRIMARY KEY, ingested_at timestamptz NOT NULL DEFAULT now())"
     ]
     statements += [
-        f'ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS "{name}" {sql_type}'
+        f'ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS "{name}" {sql_type}{_constraint(name)}'
         for name, sql_type in event_columns()
         if name != "event_id"
     ]
@@ -81,6 +94,11 @@ def _statements() -> list[str]:
     return statements
 
 
+def _constraint(name: str) -> str:
+    default = _NOT_NULL_DEFAULTS.get(name)
+    return "" if default is None else f" NOT NULL DEFAULT {default}"
+
+
 async def migrate(connection: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
     """Create or bring up to date the table, its indexes and the `usage_daily` view."""
     async with connection.transaction():
@@ -93,12 +111,37 @@ def insert_statement() -> str:
     """One INSERT for a whole batch: a column array per field, unnested; duplicates skipped."""
     columns = event_columns()
     names = ", ".join(f'"{name}"' for name, _ in columns)  # quoted: `user` is reserved
-    arrays = ", ".join(f"${i}::{sql_type}[]" for i, (_, sql_type) in enumerate(columns, 1))
+    arrays = ", ".join(f"${i}::{_batch_type(t)}[]" for i, (_, t) in enumerate(columns, 1))
+    values = ", ".join(_from_batch(name, sql_type) for name, sql_type in columns)
     return (
-        f"INSERT INTO {TABLE} ({names}) SELECT * FROM unnest({arrays}) "
+        f"INSERT INTO {TABLE} ({names}) SELECT {values} FROM unnest({arrays}) AS batch({names}) "
         "ON CONFLICT (event_id) DO NOTHING"
     )
 
 
 def column_arrays(events: list[UsageEvent]) -> list[list[Any]]:
-    return [[getattr(event, name) for event in events] for name, _ in event_columns()]
+    """The batch as `insert_statement` takes it: one list per column; a list field's values as
+    JSON (see the module docstring)."""
+    arrays = []
+    for name, sql_type in event_columns():
+        values = [getattr(event, name) for event in events]
+        arrays.append([_json(v) for v in values] if _is_array(sql_type) else values)
+    return arrays
+
+
+def _batch_type(sql_type: str) -> str:
+    return "jsonb" if _is_array(sql_type) else sql_type
+
+
+def _from_batch(name: str, sql_type: str) -> str:
+    if _is_array(sql_type):
+        return f'ARRAY(SELECT jsonb_array_elements_text(batch."{name}"))::{sql_type}'
+    return f'batch."{name}"'
+
+
+def _is_array(sql_type: str) -> bool:
+    return sql_type.endswith("[]")
+
+
+def _json(value: Any) -> str:
+    return _json_encoder.encode(value).decode()

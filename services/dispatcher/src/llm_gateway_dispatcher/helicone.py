@@ -100,6 +100,14 @@ def log_headers(event: UsageEvent) -> dict[str, str]:
         "Helicone-Property-Provider": _header_value(event.provider),
         "Helicone-Property-Request-Id": _header_value(event.request_id),
     }
+    if event.provider_name is not None:
+        headers["Helicone-Property-Provider-Name"] = _header_value(event.provider_name)
+    if event.upstream_model is not None:
+        headers["Helicone-Property-Upstream-Model"] = _header_value(event.upstream_model)
+    if event.attempts:  # 0: no upstream attempt, or an event from before routing
+        headers["Helicone-Property-Attempts"] = str(event.attempts)
+    if event.failed_targets:  # comma-separated, in order, repeats kept
+        headers["Helicone-Property-Failed-Targets"] = _header_value(",".join(event.failed_targets))
     if event.stream:
         headers["Helicone-Property-Stream"] = "true"
     if event.outcome != "ok":

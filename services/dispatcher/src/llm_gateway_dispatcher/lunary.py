@@ -166,6 +166,8 @@ def metadata(event: UsageEvent) -> dict[str, str | int | float | bool]:
     fields: dict[str, str | int | float | bool | None] = {
         "tenant": event.tenant,
         "provider": event.provider,
+        "providerName": event.provider_name,
+        "upstreamModel": event.upstream_model,
         "requestId": event.request_id,
         "eventId": event.event_id,
         "endpoint": event.endpoint,
@@ -186,6 +188,10 @@ def metadata(event: UsageEvent) -> dict[str, str | int | float | bool]:
                    "completionTokens": event.completion_tokens}  # fmt: skip
     if event.reasoning_tokens:
         fields["reasoningTokens"] = event.reasoning_tokens
+    if event.attempts:  # 0: no upstream attempt, or an event from before routing
+        fields["attempts"] = event.attempts
+    if event.failed_targets:  # a list is not flat: comma-separated, in order, repeats kept
+        fields["failedTargets"] = ",".join(event.failed_targets)
     return {key: value for key, value in fields.items() if value is not None}
 
 
