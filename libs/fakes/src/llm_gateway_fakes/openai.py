@@ -34,6 +34,9 @@ class Behaviour:
     chunk_delay: float = 0.0
     response_delay: float = 0.0
     fail_status: int | None = None
+    fail_times: int | None = None  # None: every request fails while fail_status is set
+    retry_after: str | None = "1"  # the Retry-After of a 429 (None: none)
+    stream_error_first: bool = False  # a 200 stream whose first event is an error (vLLM)
     omit_usage: bool = False
     api_key: str | None = None
     cached_tokens: int = 0
@@ -130,6 +133,10 @@ class FakeOpenAI:
             "model": _answer_model(body["model"]),
             "system_fingerprint": "fp_fake",
         }
+        if self.behaviour.stream_error_first:
+            error = {"message": "The server is overloaded.", "type": "server_error",
+                     "param": None, "code": 503}  # fmt: skip
+            return await self._sse(request, [(None, {"error": error})], done=False)
         with_usage = _include_usage(body)
         null_usage = {"usage": None} if with_usage else {}
         chunks = [{**base, "choices": [_delta({"role": "assistant", "content": ""})], **null_usage}]
@@ -291,11 +298,18 @@ class FakeOpenAI:
         if expected is not None and request.headers.get("Authorization") != expected:
             return {}, _error(401, "Incorrect API key provided.", None, "invalid_api_key",
                               "authentication_error")  # fmt: skip
-        if behaviour.fail_status is not None:
+        if behaviour.fail_status is not None and behaviour.fail_times != 0:
+            if behaviour.fail_times is not None:
+                behaviour.fail_times -= 1
             kind = "rate_limit_error" if behaviour.fail_status == 429 else "server_error"
             if behaviour.fail_status < 500 and behaviour.fail_status != 429:
                 kind = "invalid_request_error"
-            return {}, _error(behaviour.fail_status, "The fake was told to fail.", None, None, kind)
+            failure = _error(behaviour.fail_status, "The fake was told to fail.", None, None, kind)
+            if behaviour.fail_status == 429 and behaviour.retry_after is not None:
+                failure.headers["retry-after"] = behaviour.retry_after
+            elif behaviour.fail_status == 429:
+                del failure.headers["retry-after"]
+            return {}, failure
         if not needs_body:
             return {}, None
         try:

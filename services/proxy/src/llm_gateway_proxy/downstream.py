@@ -87,6 +87,13 @@ class Downstream:
         self.sent_bytes += len(data)
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 
+    async def json(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """A whole JSON answer of the gateway's own."""
+        length = str(len(body)).encode()
+        await self.start(status, [(b"content-type", b"application/json"),
+                                  (b"content-length", length), *headers])  # fmt: skip
+        await self.body(body, more=False)
+
     async def error(self, err: GatewayError, extra_headers: list[tuple[bytes, bytes]]) -> None:
         """Answer with the OpenAI error JSON. Once a response has started, it can no longer be
         a clean answer: an event stream ends with a final `data: {"error": ...}` event (after a

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 from llm_gateway_proxy.apis import (
@@ -23,10 +24,17 @@ from llm_gateway_proxy.apis import (
     wants_stream,
 )
 from llm_gateway_proxy.downstream import ClientDisconnected, Downstream, Receive, Send
-from llm_gateway_proxy.errors import GatewayError, MissingParameter, ModelNotAllowed, NotFound
+from llm_gateway_proxy.errors import (
+    GatewayError,
+    MissingParameter,
+    ModelNotAllowed,
+    ModelNotFound,
+    NotFound,
+)
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.gateway import Gateway
 from llm_gateway_proxy.keys import KeyRecord
+from llm_gateway_proxy.modellist import listing, model_object
 from llm_gateway_proxy.paths import PathTable, Target
 from llm_gateway_proxy.relay import relay
 from llm_gateway_proxy.router import Call, Plan
@@ -86,6 +94,10 @@ class ProxyHandler:
                 exchange.tenant = gateway.access.tenant(key, exchange.requested_tenant)
             if target is None:
                 raise NotFound(f"Unknown request URL: {scope['method']} {exchange.endpoint}.")
+            if gateway.router.lists_models(scope["method"], target.pattern) and (
+                await self._list_models(gateway, scope, target, exchange, downstream, key=key)
+            ):
+                return
             call, plan = await self._admit(gateway, scope, target, exchange, downstream, key=key)
             downstream.watch_disconnect()
             answer = await gateway.router.forward(plan, call, exchange)
@@ -136,6 +148,54 @@ class ProxyHandler:
             include_usage=request is not None and client_asked_for_usage(request),
         )  # fmt: skip
         return call, plan
+
+    async def _list_models(
+        self,
+        gateway: Gateway,
+        scope: Scope,
+        target: Target,
+        exchange: Exchange,
+        downstream: Downstream,
+        *,
+        key: KeyRecord | None,
+    ) -> bool:
+        """`GET /v1/models[/{model}]` answered from the model table (modellist.py); False for
+        a name only a pattern route matches, which the default provider answers."""
+        router = gateway.router
+        if key is not None:
+            exchange.tenant_limits = await gateway.access.admit(key)
+        allowed = key.allows_model if key is not None else _anything
+        if target.pattern == "/v1/models":
+            provider_list = None
+            if router.table.has_patterns and router.has_default:
+                provider_list = await router.fetch(_call(scope, target), exchange)
+            body = listing(router.table.public_names, provider_list, allowed)
+        else:
+            exchange.model = model = scope["path"].rsplit("/", 1)[1]
+            known = model in router.table.public_names
+            if not known and allowed(model) and router.has_default and router.table.route(model):
+                return False  # a pattern's name: the provider knows it, if anyone does
+            if not known or not allowed(model):
+                raise ModelNotFound(f"The model `{model}` does not exist or you do not have "
+                                    "access to it.", param="model")  # fmt: skip
+            body = orjson.dumps(model_object(model))
+        exchange.status = 200
+        exchange.mark_first_byte()
+        await downstream.json(200, body, [(b"x-llm-request-id", exchange.request_id.encode())])
+        return True
+
+
+def _anything(model: str) -> bool:
+    return True
+
+
+def _call(scope: Scope, target: Target) -> Call:
+    """A bodiless pass-through request, as the client sent it."""
+    return Call(
+        method=scope["method"], forward_path=target.forward_path, query=scope["query_string"],
+        headers=scope["headers"], body=b"", api=None, request=None, stream=False,
+        include_usage=False,
+    )  # fmt: skip
 
 
 def _parse(api: Api, body: bytes, exchange: Exchange) -> ParsedRequest:

@@ -45,6 +45,7 @@ from llm_gateway_proxy.errors import (
 )
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.modelconfig import NO_DEADLINE, ModelRoute, ModelTable, Routing
+from llm_gateway_proxy.modellist import MODELS_PATHS
 from llm_gateway_proxy.providers.adapters import Adapter, adapter_for
 from llm_gateway_proxy.providers.streamstart import Verdict
 from llm_gateway_proxy.upstream import Upstream, map_exceptions
@@ -54,6 +55,7 @@ log = structlog.get_logger("llm_gateway.proxy")
 _RETRYABLE = frozenset({408, 429})
 _MISCONFIGURED = frozenset({401, 403, 404})
 NO_RETRY = (b"x-should-retry", b"false")
+_MAX_LIST_BYTES = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +191,40 @@ class Router:
     def _passthrough_step(self, provider: str) -> Step:
         choice = Choice(self.adapters[provider], None, 1.0, f"{provider}/*")
         return Step("*", (choice,), Routing(retries=0, deadline=NO_DEADLINE))
+
+    def lists_models(self, method: str, pattern: str) -> bool:
+        """Whether the gateway answers this models request itself (it has a model table)."""
+        return method == "GET" and pattern in MODELS_PATHS and not self.table.single
+
+    @property
+    def has_default(self) -> bool:
+        return self._default is not None
+
+    async def fetch(self, call: Call, exchange: Exchange) -> bytes | None:
+        """A small pass-through answer's body from the default provider (its model list), or
+        None when it failed: what the gateway knows is answered without it."""
+        try:
+            answer = await self.forward(self.plan(None, None), call, exchange)
+        except GatewayError as exc:
+            log.warning("provider_list_failed", reason=exc.code)
+            return None
+        try:
+            if answer.response.status != 200:
+                log.warning("provider_list_failed", reason=f"http_{answer.response.status}")
+                return None
+            body = bytearray()
+            with map_exceptions():
+                async for chunk in answer.response.content.iter_any():
+                    body += chunk
+                    if len(body) > _MAX_LIST_BYTES:
+                        log.warning("provider_list_failed", reason="too_large")
+                        return None
+            return bytes(body)
+        except GatewayError as exc:
+            log.warning("provider_list_failed", reason=exc.code)
+            return None
+        finally:
+            answer.response.close()
 
     # --- attempts -------------------------------------------------------------------------
 
