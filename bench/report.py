@@ -38,6 +38,8 @@ class TargetResult:
     cpu_us_per_request_c1: float | None = None  # over the latency run (concurrency 1)
     cpu_us_per_chunk: float | None = None  # over the long concurrent streams (bench/streams.py)
     tap_us_per_chunk: float | None = None  # gateway: the SSE tap alone (bench/sse_tap.py)
+    # gateway: an Anthropic stream's parse + translation alone (bench/translate.py)
+    translate_us_per_chunk: float | None = None
     cpu_busy: float | None = None  # proxy CPU seconds per wall second during the wrk run
     peak_rss_mb: float | None = None
     background_cpu: float = 0.0  # machine busy fraction just before (noise from other work)
@@ -162,6 +164,11 @@ def render(results: list[TargetResult], found: list[Check], meterings: list[Mete
         if r.tap_us_per_chunk is not None:
             lines.append(
                 f"- the SSE tap alone (bench/sse_tap.py): {r.tap_us_per_chunk:.2f} µs/chunk"
+            )
+        if r.translate_us_per_chunk is not None:
+            lines.append(
+                "- an Anthropic stream's translation alone (bench/translate.py): "
+                f"{r.translate_us_per_chunk:.2f} µs/chunk"
             )
     noisy = [r for r in results if r.background_cpu > QUIET_BUSY_MAX]
     if noisy:

@@ -24,6 +24,7 @@ from types import FrameType
 
 import psutil  # type: ignore[import-untyped]  # no py.typed, no stubs installed
 import redis
+import translate
 from children import Child, Children, free_port
 from http1 import build_request
 from latency import Distribution, sample
@@ -77,6 +78,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark direct vs floor vs gateway.")
     parser.add_argument("--quick", action="store_true", help="fewer requests, shorter wrk runs")
     parser.add_argument(
+        "--single-provider",
+        action="store_true",
+        help="run the gateway without MODELS_FILE (one provider from UPSTREAM_OPENAI_*)",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=1, choices=range(1, 11), metavar="1..10",
         help="measure all three targets this many times and report the medians",
     )  # fmt: skip
@@ -97,7 +103,8 @@ def main() -> int:
         for number in range(1, args.rounds + 1):
             if args.rounds > 1:
                 _progress(f"round {number} of {args.rounds}")
-            round_results, metering = run_round(plan, tmp, redis_url, script)
+            round_results, metering = run_round(plan, tmp, redis_url, script,
+                                                routed=not args.single_provider)  # fmt: skip
             rounds.append(round_results)
             meterings.append(metering)
     results = [median_result(list(same)) for same in zip(*rounds, strict=True)]
@@ -114,7 +121,7 @@ def main() -> int:
 
 
 def run_round(
-    plan: Plan, tmp: Path, redis_url: str, script: Path
+    plan: Plan, tmp: Path, redis_url: str, script: Path, *, routed: bool
 ) -> tuple[list[TargetResult], Metering]:
     """direct, floor, gateway, one after another, each with a fresh upstream and proxy."""
     with Children(tmp) as phase:
@@ -126,13 +133,15 @@ def run_round(
         floor, _ = measure("floor", proxy, proxy, plan, script)
     with Children(tmp) as phase:
         upstream = start_upstream(phase, "gateway")
-        proxy = start_gateway(phase, upstream.port, redis_url, tmp)
+        proxy = start_gateway(phase, upstream.port, redis_url, tmp, routed=routed)
         events_before = _xlen(redis_url)
         gateway, served = measure("gateway", proxy, proxy, plan, script)
         events = _settled_xlen(redis_url) - events_before
     _progress("the SSE tap alone, in this process (bench/sse_tap.py)")
     tap = per_chunk_us(openai_stream(plan.stream_words), strip=True, repeat=7)
-    gateway = replace(gateway, tap_us_per_chunk=tap)
+    _progress("the Anthropic translation alone, in this process (bench/translate.py)")
+    translation = translate.per_chunk_us(translate.anthropic_stream(plan.stream_words), repeat=7)
+    gateway = replace(gateway, tap_us_per_chunk=tap, translate_us_per_chunk=translation)
     return [direct, floor, gateway], Metering(events, served, allowance=2 * plan.connections)
 
 
@@ -228,9 +237,13 @@ def start_floor(children: Children, upstream_port: int) -> Child:
     return children.start("floor", argv, cpu=PROXY_CPU, port=port, env=env)
 
 
-def start_gateway(children: Children, upstream_port: int, redis_url: str, tmp: Path) -> Child:
+def start_gateway(
+    children: Children, upstream_port: int, redis_url: str, tmp: Path, *, routed: bool
+) -> Child:
     """The gateway as deployed: its console script, gateway keys checked (a static key file),
-    metering on, one JSON log line per request (to a file, as a container runtime takes them)."""
+    metering on, one JSON log line per request (to a file, as a container runtime takes them),
+    and (unless --single-provider) routing: a MODELS_FILE whose model has two weighted targets
+    with retries, both on the fake upstream."""
     port = free_port()
     keys_file = tmp / "keys.json"
     keys_file.write_text(json.dumps([{  # the key the load generators send, hashed; no limits
@@ -246,9 +259,23 @@ def start_gateway(children: Children, upstream_port: int, redis_url: str, tmp: P
         "LOG_LEVEL": "info",
         "SHUTDOWN_GRACE_SECONDS": "5",
     }
+    if routed:
+        env["MODELS_FILE"] = str(write_models_file(tmp, f"http://127.0.0.1:{upstream_port}/v1"))
     script = Path(sys.executable).parent / "llm-gateway-proxy"
     return children.start("gateway", [str(script)], cpu=PROXY_CPU, port=port, env=env,
                           stdout=tmp / "gateway-requests.log")  # fmt: skip
+
+
+def write_models_file(tmp: Path, base_url: str) -> Path:
+    """Two provider entries on the one fake, the bench's model routed over both (3:1)."""
+    path = tmp / "models.yaml"
+    providers = {name: {"type": "openai", "base_url": base_url} for name in ("fake-a", "fake-b")}
+    targets = [{"provider": "fake-a", "model": "gpt-4o-mini", "weight": 3},
+               {"provider": "fake-b", "model": "gpt-4o-mini", "weight": 1}]  # fmt: skip
+    models = {"providers": providers, "models": {"gpt-4o-mini": {"targets": targets}},
+              "routing": {"retries": 2}, "default_provider": "fake-a"}  # fmt: skip
+    path.write_text(json.dumps(models))  # JSON is YAML
+    return path
 
 
 def wait_for_quiet(limit: float) -> float:

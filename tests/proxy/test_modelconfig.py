@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +120,24 @@ def test_a_file_that_is_not_yaml_or_not_there(tmp_path: Path) -> None:
         load_models_file(write(tmp_path, "providers: [unclosed"), ENV)
     with pytest.raises(ConfigError, match="cannot be read"):
         load_models_file(str(tmp_path / "absent.yaml"), ENV)
+
+
+def test_the_proxy_does_not_start_on_a_bad_models_file(tmp_path: Path) -> None:
+    """The process itself: exit 2, the field named on stderr, no key printed."""
+    path = tmp_path / "models.yaml"
+    path.write_text(EXAMPLE.replace("weight: 3", "wieght: 3"))
+    env = {"PATH": os.environ.get("PATH", ""), "AUTH_MODE": "none", "MODELS_FILE": str(path),
+           "OPENAI_API_KEY": "sk-secret-never-printed", "AZURE_EU_KEY": "k",
+           "ANTHROPIC_API_KEY": "k"}  # fmt: skip
+    binary = Path(sys.executable).parent / "llm-gateway-proxy"
+    result = subprocess.run([str(binary)], env=env, capture_output=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert b"wieght" in result.stderr and b"$.models.gpt-4o.targets[0]" in result.stderr
+    assert b"sk-secret" not in result.stderr + result.stdout
+
+
+def test_the_default_provider_must_speak_the_openai_api(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(EXAMPLE.replace("default_provider: openai", "default_provider: anthropic"))
+    with pytest.raises(ConfigError, match=r"default_provider.*anthropic"):
+        load_models_file(str(path), ENV)

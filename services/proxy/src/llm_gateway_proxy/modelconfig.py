@@ -141,7 +141,7 @@ def load_models_file(path: str, environ: Mapping[str, str] | None = None) -> Mod
     try:
         file = msgspec.yaml.decode(raw, type=ModelsFile)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"MODELS_FILE {path!r}: {exc}") from exc
+        raise ConfigError(f"MODELS_FILE {path!r}: {_located(raw, exc)}") from exc
     except msgspec.DecodeError as exc:
         raise ConfigError(f"MODELS_FILE {path!r} is not valid YAML: {exc}") from exc
     _check(file)
@@ -211,6 +211,23 @@ def _check(file: ModelsFile) -> None:
             "MODELS_FILE $.default_provider: OpenAI API pass-through needs an openai or azure "
             f"provider; {default!r} is anthropic"
         )
+
+
+def _located(raw: bytes, error: msgspec.ValidationError) -> str:
+    """msgspec says `$.models[...]` for a mistake inside a mapping entry: find the entry, so
+    the message names it (`$.models.gpt-4o.targets[0]`)."""
+    message = str(error)
+    document = msgspec.yaml.decode(raw)
+    for section, kind in (("providers", Provider), ("models", ModelRoute)):
+        entries = document.get(section) if isinstance(document, dict) else None
+        if f"$.{section}[...]" not in message or not isinstance(entries, dict):
+            continue
+        for name, value in entries.items():
+            try:
+                msgspec.convert(value, type=kind)
+            except msgspec.ValidationError as inner:
+                return str(inner).replace("`$", f"`$.{section}.{name}")
+    return message
 
 
 def _check_routing(routing: Routing, at: str) -> None:

@@ -56,6 +56,7 @@ _RETRYABLE = frozenset({408, 429})
 _MISCONFIGURED = frozenset({401, 403, 404})
 NO_RETRY = (b"x-should-retry", b"false")
 _MAX_LIST_BYTES = 4 << 20
+_MAX_PLANS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,9 @@ class Router:
         self._default = None if default is None else self._passthrough_step(default)
         # What an event names as its provider before any attempt (a refused request).
         self.default_provider = "none" if default is None else self.adapters[default].otel_name
+        # Plans by (API, model name): built once per name. Pattern routes take any name a
+        # client sends, so the cache stops growing at a bound (later names are planned anew).
+        self._plans: dict[tuple[str, str], Plan] = {}
 
     # --- planning ---------------------------------------------------------------------------
 
@@ -162,6 +166,14 @@ class Router:
                 raise NotFound("This gateway routes no other /v1 path (no default_provider).")
             return Plan((self._default,), retrying=False)
         assert model is not None
+        plan = self._plans.get((api.path, model))
+        if plan is None:
+            plan = self._plan(api, model)
+            if len(self._plans) < _MAX_PLANS:
+                self._plans[(api.path, model)] = plan
+        return plan
+
+    def _plan(self, api: Api, model: str) -> Plan:
         route = self.table.route(model)
         if route is None:
             raise ModelNotFound(

@@ -39,7 +39,6 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     listen_port: int = 8080
     upstream_base_url: str = DEFAULT_UPSTREAM
     upstream_api_key: str | None = msgspec.field(default=None)
-    provider: str = "openai"
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     upstream_pool_size: int = 256

@@ -8,7 +8,8 @@ relayed as they came: this only decides, it never rewrites.
 OpenAI-format streams (openai, azure, vLLM, OpenRouter, ...): role-only chunks, Azure's
 prompt-filter chunk (`"choices": []`), SSE comments and Responses API set-up events carry no
 content yet; an `error` member, a Responses `error`/`response.failed` event, is an error.
-Anthropic streams: `message_start` and `ping` come before content; `event: error` is an error.
+Anthropic streams: `message_start`, `ping` and the start of a block with nothing in it yet (the
+empty text block, a thinking block) come before content; `event: error` is an error.
 """
 
 from __future__ import annotations
@@ -88,12 +89,25 @@ class AnthropicStart(StreamStart):
     def _event(self, event: SSEEvent) -> Verdict:
         if event.name in ("message_start", "ping"):
             return Verdict.WAIT
+        if event.name == "content_block_start" and not _opens_with_content(event.data):
+            return Verdict.WAIT  # the empty text block every answer opens with: nothing yet
         if event.name == "error":
             payload = _json(event.data)
             error = payload.get("error") if isinstance(payload, dict) else None
             self.error = error if isinstance(error, dict) else {"message": "stream error"}
             return Verdict.ERROR
         return Verdict.CONTENT
+
+
+def _opens_with_content(data: bytes) -> bool:
+    """Whether a `content_block_start` gives the client something: a tool call's id and name,
+    or text (the API opens text blocks empty); an event not understood counts as content."""
+    payload = _json(data)
+    block = payload.get("content_block") if isinstance(payload, dict) else None
+    if not isinstance(block, dict):
+        return True
+    kind = block.get("type")
+    return kind == "tool_use" or (kind == "text" and bool(block.get("text")))
 
 
 def _json(data: bytes) -> Any:
