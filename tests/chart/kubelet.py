@@ -1,11 +1,12 @@
 """What a kubelet makes of a rendered container: its environment (envFrom ConfigMaps, then `env`
-in order, with `$(VAR)` expansion, Secret and field references) and its probe ports. Tests use it
-to run our console scripts exactly as the Deployments would."""
+in order, with `$(VAR)` expansion, Secret and field references), its Secret and ConfigMap volumes
+and its probe ports. Tests use it to run our console scripts exactly as the Deployments would."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from tests.chart.rendering import NAMESPACE, Rendered
@@ -64,6 +65,49 @@ def _value_from(
         fields = {"metadata.name": pod_name, "metadata.namespace": NAMESPACE}
         return fields[source["fieldRef"]["fieldPath"]]
     raise AssertionError(f"unsupported valueFrom {source}")
+
+
+def mount_volumes(
+    rendered: Rendered, component: str, env: dict[str, str], secrets: SecretValues, root: Path
+) -> None:
+    """The container's volumes (but /tmp) on this machine: each a directory under `root` holding
+    the files a kubelet would project into it (a Secret's keys, from the test's values, or a
+    rendered ConfigMap's), and every variable of `env` that holds a path under a mount moved
+    there, which is what mounting the volume at that path does in the pod."""
+    volumes = {v["name"]: v for v in rendered.pod_spec(component)["volumes"]}
+    for mount in rendered.container(component).get("volumeMounts", []):
+        if mount["mountPath"] == "/tmp":
+            continue
+        local = root / "volumes" / mount["name"]
+        local.mkdir(parents=True)
+        volume = volumes[mount["name"]]
+        if "secret" in volume:
+            name = volume["secret"]["secretName"]
+            files = {key: value for (secret, key), value in secrets.items() if secret == name}
+            _project(volume["secret"], files, local, f"the test's Secret {name}")
+        elif "configMap" in volume:
+            name = volume["configMap"]["name"]
+            files = rendered.get("ConfigMap", name).get("data", {})
+            _project(volume["configMap"], files, local, f"the rendered ConfigMap {name}")
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        for variable, value in env.items():
+            if value.startswith(prefix):
+                env[variable] = str(local / value[len(prefix) :])
+
+
+def _project(
+    source: Mapping[str, Any], files: Mapping[str, str], directory: Path, what: str
+) -> None:
+    """Write a Secret or ConfigMap volume's files as the kubelet does: each listed item's key at
+    its path (every key when no items are listed), with the volume's file mode."""
+    items = source.get("items") or [{"key": key, "path": key} for key in files]
+    for item in items:
+        if item["key"] not in files:
+            raise AssertionError(f"{what} holds no key {item['key']!r}")
+        path = directory / item["path"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(files[item["key"]])
+        path.chmod(item.get("mode", source.get("defaultMode", 0o644)))
 
 
 def named_port(container: Mapping[str, Any], port: int | str) -> int:

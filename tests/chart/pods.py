@@ -13,11 +13,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.chart.kubelet import SecretValues, container_env, http_probes
+from tests.chart.kubelet import SecretValues, container_env, http_probes, mount_volumes
 from tests.chart.rendering import Rendered
 from tests.support.servers import free_port, wait_for_port
 
@@ -28,10 +28,11 @@ PROBE_DEADLINE = 30.0
 class LocalPod:
     """One component's single container, started like its Deployment's pod would start it.
 
-    Volume mounts other than /tmp become temporary directories: paths under a mount in the
-    environment (e.g. DISPATCHER_ENDPOINT=/data/events.jsonl) are moved there, which is what
-    mounting the volume at that path does in the pod. A Secret volume's directory holds the
-    files the kubelet would project into it (e.g. KEYS_FILE), from the test's Secret values.
+    Volume mounts other than /tmp become temporary directories (kubelet.mount_volumes): paths
+    under a mount in the environment (e.g. DISPATCHER_ENDPOINT=/data/events.jsonl) are moved
+    there. A Secret or ConfigMap volume's directory holds the files the kubelet would project
+    into it (e.g. KEYS_FILE from the test's Secret values, MODELS_FILE from the rendered
+    ConfigMap).
     """
 
     def __init__(self, rendered: Rendered, component: str, secrets: SecretValues) -> None:
@@ -41,24 +42,10 @@ class LocalPod:
         pod_name = f"{deployment['metadata']['name']}-7d9c5b8f6-x2k4p"
         self.env = container_env(rendered, self.container, pod_name=pod_name, secrets=secrets)
         self._root = Path(tempfile.mkdtemp(prefix=f"llm-gw-pod-{component}-"))
-        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-        self._mount_volumes(volumes, secrets)
+        mount_volumes(rendered, component, self.env, secrets, self._root)
         self._out = self._root / "stdout"
         self._err = self._root / "stderr"
         self.process: subprocess.Popen[bytes] | None = None
-
-    def _mount_volumes(self, volumes: Mapping[str, Any], secrets: SecretValues) -> None:
-        for mount in self.container.get("volumeMounts", []):
-            if mount["mountPath"] == "/tmp":
-                continue
-            local = self._root / "volumes" / mount["name"]
-            local.mkdir(parents=True)
-            if "secret" in volumes[mount["name"]]:
-                project_secret(volumes[mount["name"]]["secret"], secrets, local)
-            prefix = mount["mountPath"].rstrip("/") + "/"
-            for name, value in self.env.items():
-                if value.startswith(prefix):
-                    self.env[name] = str(local / value[len(prefix) :])
 
     @property
     def argv(self) -> list[str]:
@@ -103,25 +90,6 @@ class LocalPod:
     def output(self) -> str:
         text = self._out.read_text(errors="replace") + self._err.read_text(errors="replace")
         return text[-4000:]
-
-
-def project_secret(volume: Mapping[str, Any], secrets: SecretValues, directory: Path) -> None:
-    """Write a Secret volume's files as the kubelet does: each listed item's key at its path
-    (every key of the Secret when no items are listed), with the volume's file mode."""
-    name = volume["secretName"]
-    items = volume.get("items") or [
-        {"key": key, "path": key} for secret, key in secrets if secret == name
-    ]
-    for item in items:
-        try:
-            value = secrets[(name, item["key"])]
-        except KeyError:
-            missing = f"Secret {name} key {item['key']}"
-            raise AssertionError(f"the test gave no value for {missing}") from None
-        path = directory / item["path"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(value)
-        path.chmod(item.get("mode", volume.get("defaultMode", 0o644)))
 
 
 def http_status(request: str | urllib.request.Request) -> int:

@@ -4,7 +4,21 @@ a working install: it renders, and every service accepts its environment."""
 
 from __future__ import annotations
 
-from tests.chart.rendering import Values, chart_values_file, merged
+import yaml
+
+from tests.chart.rendering import CHART_DIR, Values, chart_values_file, merged
+
+
+def _commented_model_table() -> Values:
+    """The worked example values.yaml shows above `proxy.models` (in comments, indented under
+    `#   `), as values: what the docs show is what the tests install."""
+    prefix = "  #   "
+    lines = [line[len(prefix) :] for line in (CHART_DIR / "values.yaml").read_text().splitlines()
+             if line.startswith(prefix)]  # fmt: skip
+    example: Values = yaml.safe_load("\n".join(lines))
+    assert set(example) == {"models", "providerKeys"}, "values.yaml's model table example moved"
+    return {"proxy": example}
+
 
 REDIS = {"redis": {"host": "redis-master.redis.svc"}}
 # Gateway keys (proxy.auth.mode=keys, the default, needs one of the two or both).
@@ -30,6 +44,8 @@ HPA = {"proxy": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas
                                  "targetMemoryUtilizationPercentage": 80}}}  # fmt: skip
 REDIS_PASSWORD = {"redis": {"host": "redis-master.redis.svc", "existingSecret": "redis"}}
 REDIS_URL_SECRET = {"redis": {"existingSecret": "redis-url", "existingSecretUrlKey": "url"}}
+# Several providers (proxy.models, proxy.providerKeys): values.yaml's commented example.
+MODELS = _commented_model_table()
 
 
 SCENARIOS: dict[str, Values] = {
@@ -45,6 +61,7 @@ SCENARIOS: dict[str, Values] = {
     "no-auth": merged(REDIS, NO_AUTH),
     "redis-password": merged(REDIS_PASSWORD, MANAGEMENT_TOKEN, UPSTREAM),
     "redis-url-secret": merged(REDIS_URL_SECRET, MANAGEMENT_TOKEN, UPSTREAM),
+    "models": merged(MINIMAL, MODELS),
     "everything": merged(
         REDIS_PASSWORD,
         MANAGEMENT_TOKEN,
@@ -54,6 +71,7 @@ SCENARIOS: dict[str, Values] = {
         HELICONE,
         INGRESS,
         HPA,
+        MODELS,
         {
             "networkPolicy": {
                 "enabled": True,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -17,7 +18,7 @@ from llm_gateway_common.config import ConfigError
 from llm_gateway_dispatcher.settings import DispatcherSettings
 from llm_gateway_proxy.settings import ProxySettings
 from tests.chart.conftest import RenderChart
-from tests.chart.kubelet import container_env, secret_references
+from tests.chart.kubelet import container_env, mount_volumes, secret_references
 from tests.chart.rendering import Rendered, merged
 from tests.chart.scenarios import FILE_DISPATCHER, MINIMAL, SCENARIOS
 
@@ -41,7 +42,13 @@ SECRET_VALUES = {
     "REDIS_PASSWORD": "pw",
     "REDIS_URL": "redis://:pw@redis.example:6379/0",
     "MANAGEMENT_TOKEN": "mt-test",
+    # proxy.providerKeys of scenarios.MODELS
+    "OPENAI_API_KEY": "sk-openai-test",
+    "AZURE_EU_API_KEY": "azure-test",
+    "ANTHROPIC_API_KEY": "sk-ant-test",
 }
+# What the tests' Secrets mounted as files hold (the keys file of scenarios.KEYS_FILE).
+SECRET_FILES = {("gateway-keys", "keys.json"): "[]"}
 
 
 class ReadRecorder(dict[str, str]):
@@ -56,25 +63,31 @@ class ReadRecorder(dict[str, str]):
         return super().get(key, default)
 
 
-def _environment(rendered: Rendered, component: str) -> dict[str, str]:
+def _environment(rendered: Rendered, component: str, root: Path | None = None) -> dict[str, str]:
+    """The container's environment; with `root`, its volumes mounted there, so the files it
+    names (e.g. MODELS_FILE, read at start-up) exist and the paths are this machine's."""
     container = rendered.container(component)
     secrets = {ref: SECRET_VALUES[name] for name, ref in secret_references(container).items()}
-    return container_env(rendered, container, pod_name=f"{component}-0", secrets=secrets)
+    env = container_env(rendered, container, pod_name=f"{component}-0", secrets=secrets)
+    if root is not None:
+        mount_volumes(rendered, component, env, {**SECRET_FILES, **secrets}, root)
+    return env
 
 
-def _everything(render_chart: RenderChart) -> list[tuple[str, str, dict[str, str]]]:
+def _everything(render_chart: RenderChart, root: Path) -> list[tuple[str, str, dict[str, str]]]:
     """(scenario, component, environment) for every component of every scenario."""
     found = []
     for name, values in sorted(SCENARIOS.items()):
         rendered = render_chart(values)
         for component in rendered.components():
             if component in SETTINGS:
-                found.append((name, component, _environment(rendered, component)))
+                env = _environment(rendered, component, root / name / component)
+                found.append((name, component, env))
     return found
 
 
-def test_every_rendered_environment_is_accepted(render_chart: RenderChart) -> None:
-    for scenario, component, env in _everything(render_chart):
+def test_every_rendered_environment_is_accepted(render_chart: RenderChart, tmp_path: Path) -> None:
+    for scenario, component, env in _everything(render_chart, tmp_path):
         try:
             SETTINGS[component](env)
         except ConfigError as exc:
@@ -83,11 +96,11 @@ def test_every_rendered_environment_is_accepted(render_chart: RenderChart) -> No
 
 @pytest.mark.parametrize("component", sorted(SETTINGS))
 def test_the_chart_sets_exactly_what_the_service_reads(
-    render_chart: RenderChart, component: str
+    render_chart: RenderChart, component: str, tmp_path: Path
 ) -> None:
     read: set[str] = set()
     set_by_chart: set[str] = set()
-    for _, each, env in _everything(render_chart):
+    for _, each, env in _everything(render_chart, tmp_path):
         if each != component:
             continue
         recorder = ReadRecorder(env)

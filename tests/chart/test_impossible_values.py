@@ -10,10 +10,28 @@ import pytest
 
 from tests.chart.conftest import RenderChart
 from tests.chart.rendering import Values, merged
-from tests.chart.scenarios import KEYS_FILE, MANAGEMENT_TOKEN, MINIMAL, NO_AUTH, REDIS
+from tests.chart.scenarios import KEYS_FILE, MANAGEMENT_TOKEN, MINIMAL, MODELS, NO_AUTH, REDIS
 
 NO_REDIS = "no Redis configured"
 NO_GATEWAY_KEYS = "proxy.auth.mode=keys needs gateway keys"
+A_SECRET = {"existingSecret": "s", "key": "k"}
+
+
+def _provider_keys(**changes: Values | None) -> Values:
+    """scenarios.MODELS with some of proxy.providerKeys changed (None removes one)."""
+    values = merged(MINIMAL, MODELS)
+    keys = values["proxy"]["providerKeys"]
+    for name, secret in changes.items():
+        if secret is None:
+            del keys[name]
+        else:
+            keys[name] = secret
+    return values
+
+
+def _openai_key_env(variable: str) -> Values:
+    return {"proxy": {"models": {"providers": {"openai": {"api_key_env": variable}}}}}
+
 
 CASES: dict[str, tuple[Values, str]] = {
     "one port for both proxy listeners": (
@@ -115,6 +133,26 @@ CASES: dict[str, tuple[Values, str]] = {
         "dispatcher.endpoint (/var/log/events.jsonl) must be a file under "
         "dispatcher.persistence.mountPath (/data)",
     ),
+    "a provider's key variable without its Secret": (
+        _provider_keys(ANTHROPIC_API_KEY=None),
+        "proxy.models.providers.anthropic.api_key_env is ANTHROPIC_API_KEY, but "
+        "proxy.providerKeys has no ANTHROPIC_API_KEY: the proxy refuses to start without it",
+    ),
+    "a provider key no provider reads": (
+        merged(MINIMAL, {"proxy": {"providerKeys": {"OPENAI_API_KEY": A_SECRET}}}),
+        "proxy.providerKeys.OPENAI_API_KEY is read by no provider",
+    ),
+    "a provider key in a variable the chart sets": (
+        merged(
+            _provider_keys(OPENAI_API_KEY=None, UPSTREAM_OPENAI_API_KEY=A_SECRET),
+            _openai_key_env("UPSTREAM_OPENAI_API_KEY"),
+        ),
+        "proxy.providerKeys.UPSTREAM_OPENAI_API_KEY: the chart sets UPSTREAM_OPENAI_API_KEY itself",
+    ),
+    "a provider key that is no variable name": (
+        merged(MINIMAL, {"proxy": {"providerKeys": {"openai-key": A_SECRET}}}),
+        "proxy.providerKeys.openai-key: not an environment variable name",
+    ),
     "backoff range upside down": (
         merged(MINIMAL, {"dispatcher": {"enabled": True, "backoffMin": 10, "backoffMax": 5}}),
         "dispatcher.backoffMax (5) must be at least dispatcher.backoffMin (10)",
@@ -157,9 +195,12 @@ def test_every_problem_is_reported_at_once(render_chart: RenderChart) -> None:
         merged(REDIS, NO_AUTH),
         merged(REDIS, {"dev": {"createSecrets": True,
                                "secrets": {"managementToken": "t0ken"}}}),
+        merged(MINIMAL, {"proxy": {"models": {
+            "providers": {"vllm": {"type": "openai", "base_url": "http://vllm.ml:8000/v1"}},
+            "models": {"*": {"targets": [{"provider": "vllm"}]}}}}}),
     ],
     ids=["dev database secret", "collector off", "file under the volume", "url secret",
-         "keys file only", "no authentication", "dev management token"],
+         "keys file only", "no authentication", "dev management token", "providers without keys"],
 )  # fmt: skip
 def test_the_neighbours_of_impossible_combinations_render(
     render_chart: RenderChart, values: Values

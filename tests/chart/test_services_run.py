@@ -214,3 +214,16 @@ def test_helicone_dispatcher(render_chart: RenderChart, redis: RedisServer) -> N
     _assert_pods_answer(
         rendered, {("helicone", "api-key"): "sk-helicone-test", **MANAGEMENT_SECRET}
     )
+
+
+def test_several_providers(render_chart: RenderChart, redis: RedisServer) -> None:
+    """values.yaml's model table: the proxy starts only if it accepts the rendered MODELS_FILE
+    (from the ConfigMap volume) and finds every key variable set (from the provider Secrets)."""
+    proxy = SCENARIOS["models"]["proxy"]
+    providers = {name: {"base_url": f"http://127.0.0.1:{free_port()}/v1"}
+                 for name in proxy["models"]["providers"]}  # fmt: skip
+    values = _local("models", {"redis": {"host": "127.0.0.1", "port": redis.port},
+                               "proxy": {"models": {"providers": providers}}})  # fmt: skip
+    keys = {(ref["existingSecret"], ref["key"]): f"sk-test-{variable}"
+            for variable, ref in proxy["providerKeys"].items()}  # fmt: skip
+    _assert_pods_answer(render_chart(values), {**keys, **MANAGEMENT_SECRET})

@@ -13,7 +13,7 @@ import pytest
 
 from tests.chart.conftest import RenderChart
 from tests.chart.rendering import CHART_DIR, Values, chart_values_file, merged
-from tests.chart.scenarios import MINIMAL, SCENARIOS
+from tests.chart.scenarios import MINIMAL, MODELS, SCENARIOS
 
 SCHEMA: dict[str, Any] = json.loads((CHART_DIR / "values.schema.json").read_text())
 
@@ -30,6 +30,11 @@ PASSED_THROUGH = {
     "/properties/networkPolicy/properties/proxyIngressFrom/items",
     "/properties/networkPolicy/properties/managementIngressFrom/items",
 }
+
+
+def _table(**changes: dict[str, Any]) -> Values:
+    """values.yaml's model table example (scenarios.MODELS) with some of it changed."""
+    return merged(MODELS, {"proxy": {"models": changes}})
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
@@ -53,6 +58,21 @@ def test_scenarios_meet_the_schema(chart: helm.Chart, name: str) -> None:
             "additional properties 'value'",
         ),
         ({"proxy": {"auth": {"keys": [{"key_hash": "ab"}]}}}, "additional properties 'keys'"),
+        # the model table: what the proxy's structs refuse, the schema refuses first
+        ({"proxy": {"models": {"model_list": []}}}, "additional properties 'model_list'"),
+        (_table(providers={"openai": {"api_key": "sk-x"}}), "additional properties 'api_key'"),
+        (_table(providers={"openai": {"timeouts": {"total": 9}}}), "additional properties 'total'"),
+        (
+            _table(models={"gpt-4o": {"targets": [{"provider": "openai", "model_id": "g"}]}}),
+            "additional properties 'model_id'",
+        ),
+        (_table(models={"gpt-4o": {"fallback": ["b"]}}), "additional properties 'fallback'"),
+        (_table(routing={"backoff": {"min": 1}}), "additional properties 'min'"),
+        (_table(routing={"cooldown": {"minutes": 1}}), "additional properties 'minutes'"),
+        (
+            {"proxy": {"providerKeys": {"OPENAI_API_KEY": {"value": "sk-x"}}}},
+            "additional properties 'value'",
+        ),
     ],
 )
 def test_unknown_keys_are_rejected(chart: helm.Chart, values: Values, complaint: str) -> None:
@@ -89,6 +109,44 @@ def test_unknown_keys_are_rejected(chart: helm.Chart, values: Values, complaint:
         ({"proxy": {"image": {"digest": "latest"}}}, "/proxy/image/digest"),
         ({"proxy": {"resources": {"requests": {"cpu": "lots"}}}}, "/proxy/resources"),
         ({"ingress": {"hosts": "llm.example.com"}}, "/ingress/hosts"),
+        ({"proxy": {"models": {"routing": {"retries": 1}}}}, "/proxy/models"),
+        (_table(providers={"openai": {"type": "bedrock"}}), "/proxy/models/providers/openai/type"),
+        (
+            _table(providers={"openai": {"stream_usage": "always"}}),
+            "/proxy/models/providers/openai/stream_usage",
+        ),
+        (
+            _table(providers={"openai": {"base_url": "api.openai.com"}}),
+            "/proxy/models/providers/openai/base_url",
+        ),
+        (
+            _table(providers={"openai": {"api_key_env": "openai-key"}}),
+            "/proxy/models/providers/openai/api_key_env",
+        ),
+        (
+            _table(providers={"openai": {"headers": {"X-Retries": 3}}}),
+            "/proxy/models/providers/openai/headers/X-Retries",
+        ),
+        (
+            _table(providers={"openai": {"timeouts": {"read": 0}}}),
+            "/proxy/models/providers/openai/timeouts/read",
+        ),
+        (_table(models={"gpt-4o": {"targets": []}}), "/proxy/models/models/gpt-4o/targets"),
+        (
+            _table(models={"gpt-4o": {"targets": [{"provider": "openai", "weight": 0}]}}),
+            "/proxy/models/models/gpt-4o/targets/0/weight",
+        ),
+        (_table(models={"gpt-4o": {"retries": -1}}), "/proxy/models/models/gpt-4o/retries"),
+        (_table(routing={"cooldown": {"failures": 0}}), "/proxy/models/routing/cooldown/failures"),
+        (_table(routing={"deadline": "60s"}), "/proxy/models/routing/deadline"),
+        (
+            {"proxy": {"providerKeys": {"OPENAI_API_KEY": {"existingSecret": "openai"}}}},
+            "/proxy/providerKeys/OPENAI_API_KEY",
+        ),
+        (
+            {"proxy": {"providerKeys": {"OPENAI_API_KEY": {"existingSecret": "", "key": "k"}}}},
+            "/proxy/providerKeys/OPENAI_API_KEY/existingSecret",
+        ),
     ],
 )
 def test_mistyped_values_are_rejected(chart: helm.Chart, values: Values, where: str) -> None:

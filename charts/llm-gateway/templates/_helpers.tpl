@@ -162,6 +162,18 @@ mounted read-only as a file of this directory.
 {{- printf "%s/keys.json" (include "llm-gateway.keysFileDir" .) }}
 {{- end }}
 
+{{/*
+Where the proxy reads the model table (MODELS_FILE): proxy.models as YAML, the one key of the
+<fullname>-proxy-models ConfigMap, mounted read-only as a file of this directory.
+*/}}
+{{- define "llm-gateway.modelsFileDir" -}}
+/etc/llm-gateway/models
+{{- end }}
+
+{{- define "llm-gateway.modelsFilePath" -}}
+{{- printf "%s/models.yaml" (include "llm-gateway.modelsFileDir" .) }}
+{{- end }}
+
 {{/* True (non-empty) when some Redis is configured. */}}
 {{- define "llm-gateway.redisConfigured" -}}
 {{- if or .Values.redis.host .Values.redis.existingSecretUrlKey .Values.redis.dev.enabled }}true{{ end }}

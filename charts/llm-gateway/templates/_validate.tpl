@@ -9,6 +9,7 @@ message naming the values to change.
 {{- $messages = append $messages (include "llm-gateway.validate.devSecrets" . | trim) }}
 {{- $messages = append $messages (include "llm-gateway.validate.proxy" . | trim) }}
 {{- $messages = append $messages (include "llm-gateway.validate.auth" . | trim) }}
+{{- $messages = append $messages (include "llm-gateway.validate.providerKeys" . | trim) }}
 {{- $messages = append $messages (include "llm-gateway.validate.collector" . | trim) }}
 {{- $messages = append $messages (include "llm-gateway.validate.dispatcher" . | trim) }}
 {{- $messages = without $messages "" }}
@@ -71,6 +72,35 @@ llm-gateway: proxy.podDisruptionBudget.enabled=true needs minAvailable or maxUna
 {{- $auth := .Values.proxy.auth }}
 {{- if and (eq $auth.mode "keys") (not $auth.keysFile.existingSecret) (not (include "llm-gateway.managementTokenRef" .)) }}
 llm-gateway: proxy.auth.mode=keys needs gateway keys to check requests against, or the proxy refuses to start: set proxy.auth.managementToken.existingSecret (a Secret whose key proxy.auth.managementToken.key ({{ $auth.managementToken.key }}) holds the management API token, to create keys) and/or proxy.auth.keysFile.existingSecret (a Secret whose key proxy.auth.keysFile.key ({{ $auth.keysFile.key }}) holds a JSON list of hashed keys); or proxy.auth.mode=none to run without authentication (local demos only).
+{{- end }}
+{{- end }}
+
+{{- /* Provider keys and the model table agree: every api_key_env of proxy.models has its Secret,
+and every proxy.providerKeys entry is a variable name that a provider reads and that the chart
+does not already set in the proxy container (its ConfigMap's keys, its Secrets' variables). The
+rest of proxy.models (references between providers and models, azure's api_version, ranges) is
+the proxy's loader's to check at start-up, so its rules live in one place. */}}
+{{- define "llm-gateway.validate.providerKeys" -}}
+{{- $keys := .Values.proxy.providerKeys }}
+{{- $read := dict }}
+{{- range $provider, $settings := (.Values.proxy.models | default dict).providers }}
+{{- with $settings.api_key_env }}
+{{- $_ := set $read . $provider }}
+{{- if not (hasKey $keys .) }}
+llm-gateway: proxy.models.providers.{{ $provider }}.api_key_env is {{ . }}, but proxy.providerKeys has no {{ . }}: the proxy refuses to start without it. Add `{{ . }}: {existingSecret: <Secret>, key: <key>}` to proxy.providerKeys (provider keys are never in the file).
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $config := include (print .Template.BasePath "/proxy/configmap.yaml") . | fromYaml }}
+{{- $taken := concat (keys $config.data) (list "UPSTREAM_OPENAI_API_KEY" "MANAGEMENT_TOKEN" "REDIS_URL" "REDIS_PASSWORD") }}
+{{- range $name, $_ := $keys }}
+{{- if not (regexMatch "^[A-Za-z_][A-Za-z0-9_]*$" $name) }}
+llm-gateway: proxy.providerKeys.{{ $name }}: not an environment variable name (letters, digits and _, not starting with a digit).
+{{- else if has $name $taken }}
+llm-gateway: proxy.providerKeys.{{ $name }}: the chart sets {{ $name }} itself; give the provider's key another variable (api_key_env), e.g. OPENAI_API_KEY.
+{{- else if not (hasKey $read $name) }}
+llm-gateway: proxy.providerKeys.{{ $name }} is read by no provider: no proxy.models.providers.<name>.api_key_env is {{ $name }}. Remove it, or name it in the provider that needs it.
+{{- end }}
 {{- end }}
 {{- end }}
 
