@@ -23,6 +23,7 @@ Without MODELS_FILE (one provider, no retries) every answer passes through as it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Sequence
@@ -57,6 +58,8 @@ _MISCONFIGURED = frozenset({401, 403, 404})
 NO_RETRY = (b"x-should-retry", b"false")
 _MAX_LIST_BYTES = 4 << 20
 _MAX_PLANS = 10_000
+_UNTIMED = 24 * 3600.0  # a budget this long is no deadline: no timer is armed for it
+_NO_TIMER = contextlib.nullcontext()
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +331,7 @@ class Router:
             budget = min(budget, adapter.first_token)
         response: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout(budget):
+            async with asyncio.timeout(budget) if budget < _UNTIMED else _NO_TIMER:
                 response = await self.upstream.send(
                     call.method, url, headers, outgoing.body, adapter.timeout
                 )
