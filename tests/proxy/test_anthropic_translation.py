@@ -16,6 +16,7 @@ from llm_gateway_fakes.anthropic_rules import request_problem
 from llm_gateway_proxy.providers.anthropic import JSON_TOOL_NAME, TranslationError, request_out
 from llm_gateway_proxy.providers.anthropic_response import MalformedResponse, error_in, response_in
 from llm_gateway_proxy.providers.anthropic_stream import SSEEvent, SSEParser, StreamTranslator
+from llm_gateway_proxy.providers.streamstart import AnthropicStart, Verdict
 from llm_gateway_proxy.streaming import SSETap
 from llm_gateway_proxy.usage import Usage, usage_from_payload
 
@@ -616,6 +617,35 @@ def test_content_started_and_usage_so_far_for_the_router_and_meter() -> None:
     )
     assert translator.content_started
     assert translator.usage["prompt_tokens"] == 15
+
+
+def verdict_of(*frames: bytes) -> Verdict:
+    start_ = AnthropicStart()
+    verdict = Verdict.WAIT
+    for frame in frames:
+        verdict = start_.feed(frame)
+        if verdict is not Verdict.WAIT:
+            break
+    return verdict
+
+
+OVERLOADED = sse(
+    "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+)
+
+
+def test_the_router_may_still_fail_over_until_a_block_gives_the_client_something() -> None:
+    """Every answer opens with an empty text block: an error after it has reached no client
+    yet (the router's stream-start verdict, providers/streamstart.py)."""
+    empty_text = block_start(0, {"type": "text", "text": ""})
+    thinking = block_start(0, {"type": "thinking", "thinking": ""})
+    assert verdict_of(start(), empty_text, PING, OVERLOADED) is Verdict.ERROR
+    assert verdict_of(start(), thinking, OVERLOADED) is Verdict.ERROR
+    assert verdict_of(start(), empty_text, PING, text(0, "Hi")) is Verdict.CONTENT
+    tool = block_start(0, {"type": "tool_use", "id": "toolu_a", "name": "now", "input": {}})
+    assert verdict_of(start(), tool) is Verdict.CONTENT  # the client gets the call's id and name
+    assert verdict_of(start(), block_start(0, {"type": "text", "text": "Hi"})) is Verdict.CONTENT
+    assert verdict_of(start(), sse("content_block_start", {"index": 0})) is Verdict.CONTENT
 
 
 @given(st.lists(st.integers(min_value=0, max_value=len(TOOL_STREAM)), max_size=12))

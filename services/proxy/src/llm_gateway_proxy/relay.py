@@ -180,9 +180,11 @@ async def _relay_translated(
 ) -> None:
     response = answer.response
     if response.status >= 400:
-        status, raw = error_in(response.status, await read_body(response))
+        sent = await read_body(response)
+        status, raw = error_in(response.status, sent)
         exchange.status = status
-        exchange.fail("upstream_error", upstream_error_type(_json(raw), response.status))
+        # The event names the provider's own type (`overloaded_error`), not the OpenAI one.
+        exchange.fail("upstream_error", upstream_error_type(_json(sent), response.status))
         await _send_whole(status, raw, exchange=exchange, downstream=downstream,
                           headers=[_JSON, *headers], capture_bytes=capture_bytes)  # fmt: skip
     elif is_event_stream(response):
