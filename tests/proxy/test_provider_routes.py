@@ -669,6 +669,19 @@ async def test_what_the_messages_api_cannot_express_is_the_gateways_400(
     assert (event.status_code, event.outcome) == (400, "gateway_error")
 
 
+async def test_a_request_one_target_cannot_express_goes_to_one_that_can(
+    client: openai.AsyncOpenAI, anthropic: FakeAnthropic, azure: FakeAzure, redis: aioredis.Redis
+) -> None:
+    """`n: 2` has no Messages form: the Anthropic target (always picked first here) refuses it
+    before sending anything, and the Azure target of the same model takes it."""
+    headers, answer = await chat(client, "claude-or-azure", n=2)
+    assert headers["x-llm-route"] == "pr-azure/gpt-4o" and headers["x-llm-attempts"] == "1"
+    assert len(answer.choices) >= 1
+    assert not anthropic.received and len(azure.received) == 1
+    event = await event_for(redis, headers["x-llm-request-id"])
+    assert (event.attempts, event.failed_targets, event.outcome) == (1, (), "ok")
+
+
 async def test_embeddings_for_an_anthropic_model_is_a_400_naming_the_problem(
     client: openai.AsyncOpenAI, anthropic: FakeAnthropic, redis: aioredis.Redis
 ) -> None:

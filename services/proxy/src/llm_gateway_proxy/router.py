@@ -37,6 +37,7 @@ from llm_gateway_proxy.apis import Api, ParsedRequest
 from llm_gateway_proxy.cooldowns import Cooldowns
 from llm_gateway_proxy.errors import (
     GatewayError,
+    InvalidRequest,
     ModelNotFound,
     NotFound,
     UnsupportedByProvider,
@@ -250,16 +251,26 @@ class Router:
         for number, step in enumerate(plan.steps):
             routing = step.routing
             tried: list[str] = []
-            choice = self._choose(step, tried)
-            for attempt in range(1 + routing.retries):
+            refused: set[str] = set()  # targets that cannot take this request (a 400 each)
+            choice = self._choose(step, tried, refused)
+            while choice is not None:
                 tried.append(choice.id)
                 try:
                     answer = await self._attempt(choice, call, exchange, deadline)
+                except InvalidRequest:
+                    # Refused before anything was sent (the Messages API cannot express it):
+                    # another target of the model may take it; else the client gets the 400.
+                    tried.pop()
+                    refused.add(choice.id)
+                    choice = self._choose(step, tried, refused)
+                    if choice is None:
+                        raise
+                    continue
                 except _Failed as failed:
                     self._note_failure(choice, routing, failed, exchange)
                     retry = None
-                    if attempt < routing.retries:
-                        retry = self._next(step, tried, failed, deadline)
+                    if len(tried) <= routing.retries:
+                        retry = self._next(step, tried, refused, failed, deadline)
                     if (
                         retry is None
                         and number + 1 < len(plan.steps)
@@ -281,10 +292,12 @@ class Router:
         raise AssertionError("every step ends in an answer or a failure")  # pragma: no cover
 
     def _next(
-        self, step: Step, tried: list[str], failed: _Failed, deadline: float
+        self, step: Step, tried: list[str], refused: set[str], failed: _Failed, deadline: float
     ) -> tuple[Choice, float] | None:
         """The next target and how long to wait first; None when the deadline allows none."""
-        choice = self._choose(step, tried)
+        choice = self._choose(step, tried, refused)
+        if choice is None:
+            return None
         delay = 0.0
         if choice.id in tried:  # the same target again: back off first
             ceiling = step.routing.backoff.base * 2 ** (tried.count(choice.id) - 1)
@@ -297,10 +310,14 @@ class Router:
             return None
         return choice, delay
 
-    def _choose(self, step: Step, tried: list[str]) -> Choice:
+    def _choose(self, step: Step, tried: list[str], refused: set[str]) -> Choice | None:
         """Weighted random among the targets not cooling down, untried ones first; when all
-        cool down, the one that frees soonest."""
+        cool down, the one that frees soonest. None when every target refused the request."""
         choices = step.choices
+        if refused:
+            choices = tuple(c for c in choices if c.id not in refused)
+            if not choices:
+                return None
         if len(choices) == 1 and self.table.single:
             return choices[0]
         now = self.cooldowns.now()
