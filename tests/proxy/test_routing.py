@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 import redis.asyncio as aioredis
@@ -378,3 +379,19 @@ async def test_when_every_target_cools_down_the_soonest_free_is_tried(
     a.behaviour.fail_status = None
     raw, answer = await chat(client, "basic")  # not refused outright: tried all the same
     assert raw.headers["x-llm-route"] == "a-basic/gpt-4o-mini" and answer.choices
+
+
+async def test_a_hostile_model_name_never_reaches_a_header_raw(
+    proxy: ProxyProcess, a: FakeOpenAI
+) -> None:
+    """A pattern route passes the client's name on, and X-LLM-Route names it: a name with CR LF
+    or non-ASCII characters is percent-encoded there, never a header injection or a 500."""
+    async with aiohttp.ClientSession() as http:
+        for model in ("pat-x\r\nSet-Cookie: a=b", "pat-modèle"):
+            body = {"model": model, "messages": MESSAGES}
+            async with http.post(f"{proxy.base_url}/v1/chat/completions", json=body) as response:
+                assert response.status == 200
+                assert "set-cookie" not in {k.lower() for k in response.headers}
+                route = response.headers["x-llm-route"]
+                assert route.isascii() and "\r" not in route and "\n" not in route
+            assert a.received[-1].json()["model"] == model

@@ -57,6 +57,12 @@ class Cooldowns:
     def now(self) -> float:
         return self._clock()
 
+    @property
+    def cooling(self) -> bool:
+        """Whether any target cooled down (or still waits for its probe): False, the router
+        need not look (the usual case, and the fast one)."""
+        return bool(self._until)
+
     def frees_at(self, target: str, now: float) -> float:
         """0.0 when the target may be tried now; else when it frees."""
         until = self._until.get(target)

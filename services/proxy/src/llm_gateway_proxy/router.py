@@ -23,11 +23,14 @@ Without MODELS_FILE (one provider, no retries) every answer passes through as it
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import aiohttp
 import structlog
@@ -59,6 +62,7 @@ _MISCONFIGURED = frozenset({401, 403, 404})
 NO_RETRY = (b"x-should-retry", b"false")
 _MAX_LIST_BYTES = 4 << 20
 _MAX_PLANS = 10_000
+_HEADER_SAFE = "/:@._-+~*=!$&'()[],;"
 _UNTIMED = 24 * 3600.0  # a budget this long is no deadline: no timer is armed for it
 _NO_TIMER = contextlib.nullcontext()
 
@@ -71,6 +75,7 @@ class Choice:
     model: str | None  # None: the client's own model name (pass-through)
     weight: float
     id: str  # `<provider>/<model>`: cooldowns and X-LLM-Route
+    route: bytes  # the X-LLM-Route value (`id`, made safe for a header)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,7 @@ class Step:
     name: str  # the public model name (the client's, or a fallback's)
     choices: tuple[Choice, ...]
     routing: Routing
+    cumulative: tuple[float, ...] = ()  # running sums of the weights, for the usual choice
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +207,14 @@ class Router:
             adapter = self.adapters[target.provider]
             if adapter.serves(api):
                 model = target.model or name
-                choices.append(Choice(adapter, model, target.weight, f"{target.provider}/{model}"))
-        return Step(name, tuple(choices), self.table.routing(route))
+                target_id = f"{target.provider}/{model}"
+                choices.append(Choice(adapter, model, target.weight, target_id, _header(target_id)))
+        weights = tuple(itertools.accumulate(c.weight for c in choices))
+        return Step(name, tuple(choices), self.table.routing(route), weights)
 
     def _passthrough_step(self, provider: str) -> Step:
-        choice = Choice(self.adapters[provider], None, 1.0, f"{provider}/*")
-        return Step("*", (choice,), Routing(retries=0, deadline=NO_DEADLINE))
+        choice = Choice(self.adapters[provider], None, 1.0, f"{provider}/*", b"")
+        return Step("*", (choice,), Routing(retries=0, deadline=NO_DEADLINE), (1.0,))
 
     def lists_models(self, method: str, pattern: str) -> bool:
         """Whether the gateway answers this models request itself (it has a model table)."""
@@ -314,6 +322,11 @@ class Router:
         """Weighted random among the targets not cooling down, untried ones first; when all
         cool down, the one that frees soonest. None when every target refused the request."""
         choices = step.choices
+        if not (tried or refused or self.cooldowns.cooling):  # the usual case: all healthy
+            if len(choices) == 1:
+                return choices[0]
+            drawn = self._rng.random() * step.cumulative[-1]
+            return choices[min(bisect.bisect(step.cumulative, drawn), len(choices) - 1)]
         if refused:
             choices = tuple(c for c in choices if c.id not in refused)
             if not choices:
@@ -342,7 +355,8 @@ class Router:
         url: URL = adapter.url(call.api, call.forward_path, call.query, model)
         headers = adapter.headers(call.headers)
         exchange.attempt(adapter.otel_name, adapter.name, model or exchange.model)
-        answer_headers = [(b"x-llm-route", _route(choice, exchange).encode("latin-1", "replace"))]
+        route = choice.route or _header(f"{adapter.name}/{exchange.model or ''}")
+        answer_headers = [(b"x-llm-route", route)]
         budget = deadline - time.monotonic()
         if call.stream and adapter.first_token is not None:
             budget = min(budget, adapter.first_token)
@@ -454,8 +468,10 @@ def _close(response: aiohttp.ClientResponse | None) -> None:
         response.close()
 
 
-def _route(choice: Choice, exchange: Exchange) -> str:
-    return f"{choice.adapter.name}/{choice.model or exchange.model or ''}"
+def _header(value: str) -> bytes:
+    """A header value from names that may be the client's (a pattern route passes its model
+    name through): anything but printable ASCII is percent-encoded, never sent raw."""
+    return quote(value, safe=_HEADER_SAFE).encode("ascii")
 
 
 def _attempts(exchange: Exchange) -> tuple[bytes, bytes]:
