@@ -59,8 +59,9 @@ def main() -> int:
         tmp = Path(tmp_name)
         upstream = start_upstream(children, args.target)
         if args.target == "gateway":
-            proxy = start_gateway(children, upstream.port, start_redis(children, tmp), tmp,
-                                  routed=True)
+            proxy = start_gateway(
+                children, upstream.port, start_redis(children, tmp), tmp, routed=True
+            )
         else:
             proxy = start_floor(children, upstream.port)
         script = write_script(tmp, CHAT_BODY)
