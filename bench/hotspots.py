@@ -44,6 +44,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--connections", type=int, default=64, help="wrk concurrency")
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
+    parser.add_argument("--single", action="store_true", help="the gateway without MODELS_FILE")
     args = parser.parse_args()
     py_spy = _find_py_spy()
     if py_spy is None:
@@ -60,7 +61,7 @@ def main() -> int:
         upstream = start_upstream(children, args.target)
         if args.target == "gateway":
             proxy = start_gateway(
-                children, upstream.port, start_redis(children, tmp), tmp, routed=True
+                children, upstream.port, start_redis(children, tmp), tmp, routed=not args.single
             )
         else:
             proxy = start_floor(children, upstream.port)
