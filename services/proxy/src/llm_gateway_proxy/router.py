@@ -264,7 +264,7 @@ class Router:
             while choice is not None:
                 tried.append(choice.id)
                 try:
-                    answer = await self._attempt(choice, call, exchange, deadline)
+                    answer = await self._attempt(choice, call, exchange, deadline, plan)
                 except InvalidRequest:
                     # Refused before anything was sent (the Messages API cannot express it):
                     # another target of the model may take it; else the client gets the 400.
@@ -347,7 +347,7 @@ class Router:
         return self._rng.choices(pool, weights=[c.weight for c in pool])[0]
 
     async def _attempt(
-        self, choice: Choice, call: Call, exchange: Exchange, deadline: float
+        self, choice: Choice, call: Call, exchange: Exchange, deadline: float, plan: Plan
     ) -> Answer:
         adapter = choice.adapter
         model = choice.model if call.api is not None else None
@@ -371,7 +371,9 @@ class Router:
                 if response.status >= 400:
                     return self._judge_status(answer)
                 if call.stream and response.content_type == "text/event-stream":
-                    return await self._peek(answer, watch=not self.table.single)
+                    # Held to its first content only if that can still change anything.
+                    watch = plan.retrying or choice.adapter.first_token is not None
+                    return await self._peek(answer, watch=watch)
                 return answer
         except _Failed:
             raise  # its answer stays open: it may be the one the client gets
