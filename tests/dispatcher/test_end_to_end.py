@@ -51,7 +51,8 @@ async def test_requests_reach_lunary_and_helicone_with_model_tokens_and_timings(
 
 def check_lunary_run(run: Any, expected: dict[str, Any]) -> None:
     start, end = run.start, run.end
-    assert start["name"] == "gpt-4o-mini"
+    assert start["name"] == "gpt-4o-mini-2024-07-18"  # the model that answered
+    assert "model:gpt-4o-mini" in start["tags"]
     assert start["userId"] == "alice"
     assert start["input"] == MESSAGES
     assert "tenant:e2e" in start["tags"]

@@ -24,7 +24,11 @@ def assert_runs_exactly(lunary: FakeLunary, events: list[UsageEvent]) -> None:
     assert len(lunary.runs) == len(events)
     for event in events:
         run = runs[delivery_id(event)]
-        assert run.start["name"] == event.model  # not the provider or model routed to
+        # Named after the model that answered (Lunary prices runs by name); the public name the
+        # client sent is in the metadata.
+        answered = event.response_model or event.upstream_model or event.model
+        assert run.start["name"] == answered
+        assert run.start["metadata"].get("model") == event.model
         metadata = run.start["metadata"]  # as Lunary kept it: flat scalars only
         assert metadata["requestId"] == event.request_id
         assert (metadata["provider"], metadata.get("providerName"), metadata.get("upstreamModel"),

@@ -10,7 +10,7 @@ import orjson
 from llm_gateway_common.events import UsageEvent
 from llm_gateway_dispatcher.captures import assemble_stream, response_body
 from llm_gateway_dispatcher.helicone import log_body, log_headers
-from llm_gateway_dispatcher.lunary import run_events
+from llm_gateway_dispatcher.lunary import encode_run, run_events
 from llm_gateway_dispatcher.outcomes import delivery_id
 from tests.support.events import make_event
 
@@ -64,11 +64,12 @@ def test_a_run_is_a_start_and_an_end_with_one_deterministic_uuid() -> None:
     assert uuid.UUID(start["runId"]).version == 5
     assert run_events(event) == [start, end]
     assert (start["type"], start["event"], end["event"]) == ("llm", "start", "end")
-    assert start["name"] == "gpt-4o-mini"
+    assert start["name"] == "gpt-4o-mini-2024-07-18"  # the model that answered: Lunary prices it
     assert start["timestamp"] == "2026-11-22T10:00:00.123Z"
     assert end["timestamp"] == "2026-11-22T10:00:00.973Z"
     assert start["userId"] == "alice"
-    assert start["tags"] == ["tenant:acme", "provider:openai"]
+    assert start["tags"] == ["tenant:acme", "provider:openai", "model:gpt-4o-mini"]
+    assert start["metadata"]["model"] == "gpt-4o-mini"  # the public name the client sent
     assert start["input"] == MESSAGES
     assert start["params"] == {"temperature": 0.2, "max_tokens": 50}
     assert end["output"] == [{"role": "assistant", "content": "hello there"}]
@@ -86,18 +87,57 @@ def test_an_end_in_the_same_millisecond_as_its_start_is_nudged_after_it() -> Non
         "2026-11-22T10:00:00.123Z", "2026-11-22T10:00:00.124Z",
     )  # fmt: skip
     assert "input" not in start and "output" not in end  # nothing captured: what the event knows
-    assert start["userId"] == event.tenant
+    assert "userId" not in start  # no user named: not the tenant (it is a tag), or every
+    # anonymous request of a tenant would show as one Lunary user
 
 
-def test_a_failed_request_ends_its_run_with_an_error_event_keeping_the_counts() -> None:
-    event = make_event(3, outcome="upstream_error", error_type="rate_limit_error",
-                       status_code=429, prompt_tokens=0, completion_tokens=0)  # fmt: skip
-    start, error = run_events(event)
-    assert error["event"] == "error"
-    assert error["error"] == {"message": "rate_limit_error (HTTP 429)"}
-    assert "tokensUsage" not in error
-    assert start["metadata"]["errorType"] == "rate_limit_error"
-    assert start["metadata"]["promptTokens"] == 0
+def test_a_failed_request_sends_its_tokens_in_an_end_just_before_the_error() -> None:
+    """Lunary's error handler keeps only the status and the error: the tokens (and the cost
+    Lunary derives from them) must come in an `end`, stamped before the `error`."""
+    event = make_event(3, outcome="client_disconnected", error_type="client_disconnected",
+                       status_code=200, prompt_tokens=40, completion_tokens=7,
+                       cached_tokens=8)  # fmt: skip
+    start, end, error = run_events(event)
+    assert [e["event"] for e in (start, end, error)] == ["start", "end", "error"]
+    assert end["tokensUsage"] == {"prompt": 40, "completion": 7, "promptCached": 8}
+    assert error["error"] == {"message": "client_disconnected (HTTP 200)"}
+    assert start["timestamp"] < end["timestamp"] < error["timestamp"]
+    assert start["runId"] == end["runId"] == error["runId"]
+    assert start["metadata"]["errorType"] == "client_disconnected"
+
+
+def test_nul_characters_are_removed_and_nothing_else() -> None:
+    """PostgreSQL's jsonb refuses NUL: one in a captured body would lose the whole run."""
+    request = {**REQUEST, "messages": [{"role": "user", "content": "a\x00b \\u0000 c"}]}
+    event = captured_event(user="al\x00ice", captured_request=orjson.dumps(request).decode())
+    encoded = encode_run(event)
+    assert b"\\u0000" not in encoded.replace(b"\\\\u0000", b"")
+    start, _ = orjson.loads(b"[" + encoded + b"]")
+    assert start["userId"] == "alice"
+    assert start["input"][0]["content"] == "ab \\u0000 c"  # an escaped backslash stays
+
+
+def test_a_responses_request_shows_as_chat_messages() -> None:
+    request = {
+        "model": "gpt-4o-mini", "instructions": "Answer in French.",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "Say "},
+                                         {"type": "input_text", "text": "hello"}]},
+            {"type": "function_call", "name": "lookup", "arguments": '{"q":"x"}'},
+            {"type": "function_call_output", "output": "found"},
+        ],
+    }  # fmt: skip
+    start, _ = run_events(captured_event(endpoint="/v1/responses",
+                                         captured_request=orjson.dumps(request).decode()))  # fmt: skip
+    assert start["input"] == [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "Say hello"},
+        {"role": "assistant", "content": 'lookup({"q":"x"})'},
+        {"role": "tool", "content": "found"},
+    ]
+    plain = {"model": "gpt-4o-mini", "input": "Bonjour"}
+    start, _ = run_events(captured_event(captured_request=orjson.dumps(plain).decode()))
+    assert start["input"] == [{"role": "user", "content": "Bonjour"}]
 
 
 def test_a_stream_is_assembled_into_the_completion_it_became() -> None:
@@ -156,7 +196,7 @@ def test_a_request_failed_by_every_target_keeps_its_attempts_in_an_error_run_and
     event = make_event(5, outcome="upstream_error", status_code=503, error_type="overloaded_error",
                        provider="anthropic", provider_name="anthropic-main", attempts=2,
                        failed_targets=("openai-us", "anthropic-main"))  # fmt: skip
-    start, error = run_events(event)
+    start, _, error = run_events(event)
     assert error["event"] == "error"
     assert start["metadata"]["attempts"] == 2
     assert start["metadata"]["failedTargets"] == "openai-us,anthropic-main"

@@ -32,11 +32,49 @@ def request_body(event: UsageEvent) -> dict[str, Any] | None:
 
 
 def request_input(body: dict[str, Any]) -> Any:
-    """The conversation sent: chat `messages`, Responses `input`, or a completions `prompt`."""
-    for field in ("messages", "input", "prompt"):
-        if field in body:
-            return body[field]
-    return None
+    """The conversation sent: chat `messages`, Responses `instructions` and `input` as chat
+    messages, or a completions `prompt`."""
+    if "messages" in body:
+        return body["messages"]
+    if "input" in body or "instructions" in body:
+        return responses_messages(body)
+    return body.get("prompt")
+
+
+def responses_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Responses API request as chat messages `{role, content: text}`: `instructions` as the
+    system message, a string `input` as the user's, each input item with its text parts joined
+    (`input_text`, `output_text`), function calls and their outputs as text."""
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.append({"role": "system", "content": instructions})
+    items = body.get("input")
+    if isinstance(items, str):
+        return [*messages, {"role": "user", "content": items}]
+    for item in _list(items):
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "function_call":
+            call = f"{item.get('name')}({item.get('arguments') or ''})"
+            messages.append({"role": "assistant", "content": call})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "content": _text(item.get("output"))})
+        elif isinstance(item.get("role"), str):
+            messages.append({"role": item["role"], "content": _text(item.get("content"))})
+    return messages
+
+
+def _text(content: Any) -> str:
+    """The text of a message's content: a string, or its text parts joined."""
+    if isinstance(content, str):
+        return content
+    return "".join(
+        part["text"]
+        for part in _list(content)
+        if isinstance(part, dict) and isinstance(part.get("text"), str)
+    )
 
 
 def request_params(body: dict[str, Any]) -> dict[str, Any]:

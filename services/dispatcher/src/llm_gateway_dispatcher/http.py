@@ -28,11 +28,14 @@ _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 
 
 class SinkFailed(Exception):
-    """The POST did not succeed; `outcome` says how (for every event the request carried)."""
+    """The POST did not succeed; `outcome` says how (for every event the request carried).
+    `splittable`: it timed out or failed with a 5xx, which one event of the request may have
+    caused (a sink that splits batches tries the events again in smaller requests)."""
 
-    def __init__(self, outcome: Outcome) -> None:
+    def __init__(self, outcome: Outcome, *, splittable: bool = False) -> None:
         super().__init__(outcome.reason)
         self.outcome = outcome
+        self.splittable = splittable
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +96,15 @@ class SinkClient:
                 reply = Reply(response.status, response.headers, await response.read())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.reachable = False
-            raise SinkFailed(unavailable(f"{self.name}: {_describe(exc)}")) from exc
+            timed_out = isinstance(exc, TimeoutError)
+            raise SinkFailed(unavailable(f"{self.name}: {_describe(exc)}"),
+                             splittable=timed_out) from exc  # fmt: skip
         self.reachable = True
         failure = self._status_outcome(reply)
         if failure is not None:
             if failure.kind == "unavailable":
                 self.reachable = False
-            raise SinkFailed(failure)
+            raise SinkFailed(failure, splittable=reply.status >= 500)
         return reply
 
     def _status_outcome(self, reply: Reply) -> Outcome | None:
