@@ -127,8 +127,8 @@ def test_a_responses_request_shows_as_chat_messages() -> None:
             {"type": "function_call_output", "output": "found"},
         ],
     }  # fmt: skip
-    start, _ = run_events(captured_event(endpoint="/v1/responses",
-                                         captured_request=orjson.dumps(request).decode()))  # fmt: skip
+    captured = orjson.dumps(request).decode()
+    start, _ = run_events(captured_event(endpoint="/v1/responses", captured_request=captured))
     assert start["input"] == [
         {"role": "system", "content": "Answer in French."},
         {"role": "user", "content": "Say hello"},
