@@ -102,7 +102,7 @@ async def test_a_bad_key_dead_letters_the_batch_with_the_reason_and_never_shows_
     await until(all_dead, "the batch in the dead-letter stream")
     await nothing_pending(redis, stream_name)
     reasons = {fields[b"reason"].decode() for fields in await dead_letters(redis, stream_name)}
-    assert reasons == {'lunary answered 401: {"message": "This project does not exist"}'}
+    assert reasons == {'lunary answered 401: {"message": "Invalid API key"}'}
     assert lunary.runs == {}
     assert wrong_key not in dispatcher.log_text()
     assert all(r.headers["authorization"] == f"Bearer {wrong_key}" for r in lunary.requests)
@@ -112,6 +112,7 @@ async def test_per_event_failures_inside_a_200_are_retried_until_every_run_is_co
     dispatcher_factory: DispatcherFactory, lunary: FakeLunary, lunary_env: dict[str, str],
     redis: aioredis.Redis, stream_name: str,
 ) -> None:  # fmt: skip
+    lunary.orphan_delay = 0.2  # the failed starts' ends wait for them (this test is not about it)
     lunary.fail_events_next(3)
     events = [make_event(i) for i in range(10)]
     await produce(redis, stream_name, events)
@@ -162,3 +163,70 @@ async def test_events_arriving_close_together_go_in_one_request(
     (request,) = lunary.requests
     assert len(orjson.loads(request.body)["events"]) == 2 * len(events)
     assert_runs_exactly(lunary, events)
+
+
+async def test_ends_waiting_for_their_start_do_not_stall_the_stream(
+    dispatcher_factory: DispatcherFactory, lunary: FakeLunary, lunary_env: dict[str, str],
+    redis: aioredis.Redis, stream_name: str,
+) -> None:  # fmt: skip
+    """Lunary waits for the missing start of each `end`, one after another: three in a request
+    push it past the timeout, every time it is sent. The request is split until those events go
+    alone; the others are delivered, those three end in the dead-letter stream with their
+    reason, and the events after them follow."""
+    lunary.orphan_delay = 0.6  # Lunary's is 5 s, against a 10 s default timeout
+    events = [make_event(i) for i in range(10)]
+    poison = [events[2], events[5], events[7]]
+    lunary.fail_starts_of({delivery_id(e) for e in poison})
+    await produce(redis, stream_name, events)
+    dispatcher_factory(**lunary_env, DISPATCHER_TIMEOUT="1", DISPATCHER_MAX_ATTEMPTS="2")
+
+    async def three_dead() -> bool:
+        return len(await dead_letters(redis, stream_name)) == 3
+
+    await until(three_dead, "the three events in the dead-letter stream")
+    later = [make_event(i) for i in range(10, 14)]
+    await produce(redis, stream_name, later)
+    healthy = [e for e in events if e not in poison] + later
+    await all_completed(lunary, len(healthy))
+    await nothing_pending(redis, stream_name)
+    assert_runs_exactly(lunary, healthy)
+    dead = await dead_letters(redis, stream_name)
+    assert {orjson.loads(f[b"data"])["event_id"] for f in dead} == {e.event_id for e in poison}
+    assert {f[b"reason"].decode() for f in dead} == {
+        "gave up after 2 attempts: lunary refused the start: Fake failure: could not store the run"
+    }
+    sizes = [len(orjson.loads(r.body)["events"]) for r in lunary.requests]
+    assert sizes[0] == 20 and 2 in sizes  # timed out whole, then sent again down to one run
+
+
+async def test_nul_characters_never_cost_a_run(
+    dispatcher_factory: DispatcherFactory, lunary: FakeLunary, lunary_env: dict[str, str],
+    redis: aioredis.Redis, stream_name: str,
+) -> None:  # fmt: skip
+    request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a\x00b"}]}
+    event = make_event(0, user="al\x00ice", client_request_id="req\x00-7",
+                       captured_request=orjson.dumps(request).decode())  # fmt: skip
+    await produce(redis, stream_name, [event])
+    dispatcher_factory(**lunary_env)
+    await all_completed(lunary, 1)
+    (run,) = lunary.completed_runs().values()
+    assert run.start["userId"] == "alice"
+    assert run.start["input"] == [{"role": "user", "content": "ab"}]
+    assert run.start["metadata"]["clientRequestId"] == "req-7"
+    assert await dead_letters(redis, stream_name) == []
+
+
+async def test_a_failed_run_is_stored_as_an_error_with_its_tokens(
+    dispatcher_factory: DispatcherFactory, lunary: FakeLunary, lunary_env: dict[str, str],
+    redis: aioredis.Redis, stream_name: str,
+) -> None:  # fmt: skip
+    failed = make_event(0, outcome="client_disconnected", error_type="client_disconnected",
+                        status_code=200, prompt_tokens=30, completion_tokens=12)  # fmt: skip
+    await produce(redis, stream_name, [failed])
+    dispatcher_factory(**lunary_env)
+    await all_completed(lunary, 1)
+    await nothing_pending(redis, stream_name)
+    (run,) = lunary.completed_runs().values()
+    assert run.status == "error"
+    assert run.error == {"message": "client_disconnected (HTTP 200)"}
+    assert run.tokens_usage == {"prompt": 30, "completion": 12}

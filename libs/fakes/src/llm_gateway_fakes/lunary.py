@@ -102,6 +102,11 @@ class Run:
     start: dict[str, Any]
     end: dict[str, Any] | None = None  # the latest `end` or `error` event
     ends_received: int = 0
+    # The run's row as Lunary keeps it: an `end` sets the status, tokens and output; an `error`
+    # sets only the status and the error (its handler leaves the tokens an `end` stored).
+    status: str = "started"
+    tokens_usage: dict[str, Any] | None = None
+    error: Any = None
 
 
 @dataclass
@@ -125,6 +130,8 @@ class FakeLunary:
     duplicate_starts: int = 0
     _failures: FailureScript = field(default_factory=FailureScript)
     _event_failures: int = 0
+    # Runs whose start always fails (a row Lunary can never store): `fail_starts_of`.
+    _failing_starts: set[str] = field(default_factory=set)
     _windows: dict[str, _Window] = field(default_factory=dict)
     _generation: int = 0  # reset() moves it on
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -141,6 +148,7 @@ class FakeLunary:
         self.duplicate_starts = 0
         self._failures.clear()
         self._event_failures = 0
+        self._failing_starts.clear()
         self._windows.clear()
         self._generation += 1
 
@@ -157,10 +165,16 @@ class FakeLunary:
         """Fail the next `count` events inside a 200, as Lunary does when it cannot store one."""
         self._event_failures += count
 
+    def fail_starts_of(self, run_ids: set[str]) -> None:
+        """Fail every `start` of these runs inside a 200, however often it is sent (their ends
+        then wait for a start that never comes, as in Lunary)."""
+        self._failing_starts |= run_ids
+
     def stop_failing(self) -> None:
         """Forget the failures still scripted."""
         self._failures.clear()
         self._event_failures = 0
+        self._failing_starts.clear()
 
     def completed_runs(self) -> dict[str, Run]:
         return {run_id: run for run_id, run in self.runs.items() if run.end is not None}
@@ -265,6 +279,8 @@ class FakeLunary:
             raise _EventError(f"Unsupported event {name!r} (fake)")
 
     def _start(self, run_id: str, event: dict[str, Any]) -> None:
+        if run_id in self._failing_starts:
+            raise _EventError("Fake failure: could not store the run")
         user = event.get("userId")
         if isinstance(user, str):  # the user is upserted before the run is looked at
             _refuse_nul([(user, _TEXT_NUL), (event.get("userProps"), _JSONB_NUL)])
@@ -300,6 +316,11 @@ class FakeLunary:
             raise _EventError("tokensUsage must hold numbers")
         run.end = {**event, "runId": run_id}
         run.ends_received += 1
+        if event["event"] == "error":
+            run.status, run.error = "error", event.get("error")
+        else:
+            run.status = "success"
+            run.tokens_usage = usage if usage is not None else run.tokens_usage
 
     async def _pause(self, seconds: float) -> None:
         """Wait without holding up other requests, or the app's shutdown."""
