@@ -321,6 +321,9 @@ async def test_azure_error_inside_the_200_stream_after_content_reaches_the_clien
     assert (event.outcome, event.error_type, event.status_code) == (
         "upstream_error", "stream_error", 200)  # fmt: skip
     assert_routed(event, "azure.ai.openai", "pr-azure", "gpt-4o")
+    # No usage chunk came: what reached the client is estimated, not recorded as nothing.
+    assert event.usage_source == "estimated"
+    assert event.prompt_tokens > 0 and event.completion_tokens > 0
 
 
 # --- Anthropic: answers --------------------------------------------------------------------------

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import openai
@@ -33,7 +34,7 @@ MESSAGES: list[Any] = [{"role": "user", "content": "say hello please"}]
 FAST = {"retries": 2, "backoff": {"base": 0.01, "max": 0.5}, "deadline": 10}
 
 
-def _providers(a: str, b: str, hung: str, dead: str) -> dict[str, Any]:
+def _providers(a: str, b: str, hung: str, dead: str, raw: str) -> dict[str, Any]:
     def entry(base: str, key_env: str | None = "KEY_A", **extra: Any) -> dict[str, Any]:
         provider = {"type": "openai", "base_url": base, **extra}
         if key_env:
@@ -49,6 +50,9 @@ def _providers(a: str, b: str, hung: str, dead: str) -> dict[str, Any]:
     providers["dead"] = entry(dead, timeouts={"connect": 1, "read": 5})
     providers["b-hung"] = entry(b, "KEY_B")
     providers["b-dead"] = entry(b, "KEY_B")
+    providers["cut"] = entry(f"{raw}/cut/v1", None)
+    providers["empty"] = entry(f"{raw}/empty/v1", None)
+    providers["b-raw"] = entry(b, "KEY_B")
     return providers
 
 
@@ -78,6 +82,11 @@ def _models() -> dict[str, Any]:
         "sdk": {"targets": [{"provider": "a-sdk", "model": "gpt-4o-mini"},
                             {"provider": "b-sdk", "model": "gpt-4o"}], **FAST},
         "pat-*": {"targets": [{"provider": "a-pat"}]},
+        "text-embedding-*": {"targets": [{"provider": "a-pat"}]},
+        "cut": {"targets": [{"provider": "cut", "model": "m", "weight": heavy},
+                            {"provider": "b-raw", "model": "gpt-4o"}], **FAST},
+        "empty": {"targets": [{"provider": "empty", "model": "m", "weight": heavy},
+                              {"provider": "b-raw", "model": "gpt-4o"}], **FAST},
     }  # fmt: skip
 
 
@@ -98,6 +107,52 @@ def hung_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
+class RawProvider:
+    """A provider on loopback that answers by the first path segment, in raw bytes, then
+    closes: `/cut/...` a JSON body cut short of its Content-Length, `/empty/...` a 200 stream
+    that ends after its role chunk, before any content."""
+
+    ANSWERS: ClassVar[dict[bytes, bytes]] = {
+        b"cut": b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"content-length: 500\r\n\r\n{\"id\": \"chatcmpl-cut\", \"choi",
+        b"empty": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"
+                  b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+                  b'"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n',
+    }  # fmt: skip
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port = int(self._sock.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                self.requests += 1
+                path = data.split(b" ", 2)[1]
+                conn.sendall(self.ANSWERS[path.split(b"/")[1]])
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture(scope="module")
+def raw_provider() -> Iterator[RawProvider]:
+    provider = RawProvider()
+    yield provider
+    provider.close()
+
+
 @pytest.fixture(scope="module")
 def routing_redis() -> Iterator[LocalRedis]:
     server = LocalRedis().start()
@@ -109,13 +164,15 @@ def routing_redis() -> Iterator[LocalRedis]:
 def replicas(
     fakes: tuple[FakeOpenAIServer, FakeOpenAIServer],
     hung_port: int,
+    raw_provider: RawProvider,
     routing_redis: LocalRedis,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
     a, b = fakes
     file = {
         "providers": _providers(a.base_url, b.base_url, f"http://127.0.0.1:{hung_port}/v1",
-                                f"http://127.0.0.1:{free_port()}/v1"),
+                                f"http://127.0.0.1:{free_port()}/v1",
+                                f"http://127.0.0.1:{raw_provider.port}"),
         "models": _models(),
         "default_provider": "a-basic",
     }  # fmt: skip
@@ -228,7 +285,9 @@ async def test_the_model_list_names_the_public_models_and_the_default_providers(
     ids = [model.id async for model in client.models.list()]
     assert {"basic", "spread", "failover", "backup"} <= set(ids)
     assert "pat-*" not in ids
-    assert "gpt-4o-mini" in ids  # the pattern route's provider list, merged in
+    # The default provider's list, merged in: the names a pattern would take, and no other.
+    assert "text-embedding-3-small" in ids
+    assert "gpt-4o-mini" not in ids  # the provider lists it, but no route takes it
     single = await client.models.retrieve("basic")
     assert single.id == "basic"
     with pytest.raises(openai.NotFoundError):
@@ -284,6 +343,7 @@ async def test_a_refused_provider_key_moves_on_and_is_never_shown_to_the_client(
         await chat(client, "all-misconfigured")
     error = caught.value
     assert error.status_code == 502 and error.code == "upstream_misconfigured"
+    assert len(a.received) == 2  # one each: a refused key is not tried again
     assert "Incorrect API key" not in error.message and "sk-" not in error.message
     assert error.response.headers["x-should-retry"] == "false"
 
@@ -337,6 +397,7 @@ async def test_the_gateways_own_retries_are_not_multiplied_by_the_sdks(
                                   max_retries=2) as sdk:  # fmt: skip
         with pytest.raises(openai.InternalServerError) as caught:
             await chat(sdk, "sdk")
+    # The provider said `x-should-retry: true`; the gateway's `false` replaces it, not joins it.
     assert caught.value.response.headers["x-should-retry"] == "false"
     assert caught.value.response.headers["x-llm-attempts"] == "3"
     assert len(a.received) + len(b.received) == 3  # retries: 2, and the SDK retried nothing
@@ -395,3 +456,44 @@ async def test_a_hostile_model_name_never_reaches_a_header_raw(
                 route = response.headers["x-llm-route"]
                 assert route.isascii() and "\r" not in route and "\n" not in route
             assert a.received[-1].json()["model"] == model
+
+
+async def test_a_body_cut_short_is_a_failed_attempt_and_retried_elsewhere(
+    client: openai.AsyncOpenAI, raw_provider: RawProvider, b: FakeOpenAI
+) -> None:
+    before = raw_provider.requests
+    raw, answer = await chat(client, "cut")
+    assert raw.headers["x-llm-route"] == "b-raw/gpt-4o" and answer.choices
+    assert raw.headers["x-llm-attempts"] == "2" and raw_provider.requests == before + 1
+
+
+async def test_a_stream_that_ends_before_any_content_is_retried_elsewhere(
+    client: openai.AsyncOpenAI, raw_provider: RawProvider, b: FakeOpenAI
+) -> None:
+    raw = await client.chat.completions.with_raw_response.create(
+        model="empty", messages=MESSAGES, stream=True
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in raw.parse() if c.choices])
+    assert raw.headers["x-llm-route"] == "b-raw/gpt-4o" and text
+
+
+async def test_a_pass_through_error_is_the_providers_own(
+    client: openai.AsyncOpenAI, a: FakeOpenAI
+) -> None:
+    """A file that does not exist is the provider's 404, not a misconfigured gateway's 502."""
+    a.behaviour.fail_status = 404
+    for _ in range(4):  # and never a cooldown of the default provider
+        with pytest.raises(openai.NotFoundError):
+            await client.files.retrieve("file-does-not-exist")
+    a.behaviour.fail_status = None
+    assert (await client.files.retrieve("file-1")) is not None
+    assert len(a.received) == 5
+
+
+async def test_a_model_name_past_256_characters_is_refused(
+    client: openai.AsyncOpenAI, a: FakeOpenAI
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await chat(client, "pat-" + "x" * 300)
+    assert caught.value.body["param"] == "model"  # type: ignore[index]
+    assert not a.received

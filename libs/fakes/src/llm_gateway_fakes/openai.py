@@ -406,6 +406,8 @@ def _error(
     headers = {"x-request-id": "req-fake-error"}
     if status == 429:
         headers["retry-after"] = "1"
+    if status >= 500 or status in (408, 409, 429):  # as OpenAI tells its SDKs
+        headers["x-should-retry"] = "true"
     return web.json_response(body, status=status, headers=headers, dumps=_dumps)
 
 

@@ -212,7 +212,7 @@ _model_field = msgspec.json.Decoder(_ModelField)
 _BOUNDARY = re.compile(rb'boundary=(?:"([^"]{1,70})"|([^\s;"]{1,70}))', re.I)
 _MODEL_PART = re.compile(rb'^content-disposition:[ \t]*form-data;[ \t]*name="?model"?[ \t]*(?:;|$)',
                          re.I | re.M)  # fmt: skip
-_MAX_MODEL_NAME = 256
+MAX_MODEL_NAME = 256  # a model name longer than this is refused (it travels into URLs, headers)
 
 
 def passthrough_model(body: bytes, content_type: bytes) -> str | None:
@@ -228,11 +228,15 @@ def passthrough_model(body: bytes, content_type: bytes) -> str | None:
             except UnicodeDecodeError as exc:
                 raise InvalidJSON(_NOT_UTF8) from exc
         try:
-            return _model_field.decode(body).model
+            model = _model_field.decode(body).model
         except msgspec.ValidationError as exc:
             raise _validation_error(str(exc)) from exc
         except (msgspec.DecodeError, RecursionError) as exc:
             raise InvalidJSON(f"We could not parse the JSON body of your request: {exc}") from exc
+        if model is not None and len(model) > MAX_MODEL_NAME:
+            raise InvalidRequest(f"Invalid value for 'model': at most {MAX_MODEL_NAME} "
+                                 "characters.", param="model")  # fmt: skip
+        return model
     if media == b"multipart/form-data":
         return _form_model(body, content_type)
     return None
@@ -251,7 +255,7 @@ def _form_model(body: bytes, content_type: bytes) -> str | None:
             models.append(value.removesuffix(b"\r\n"))
     if not models:
         return None
-    if len(models) > 1 or len(models[0]) > _MAX_MODEL_NAME:
+    if len(models) > 1 or len(models[0]) > MAX_MODEL_NAME:
         raise InvalidRequest("Invalid value for 'model': one model field, at most 256 bytes.",
                              param="model")  # fmt: skip
     try:

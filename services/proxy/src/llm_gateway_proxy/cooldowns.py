@@ -5,17 +5,20 @@ failed attempts, or at once for as long as a 429's Retry-After says. While it co
 router skips it; when the time is up, one request probes it (others keep skipping it until the
 probe answers or its lease ends): success clears it, failure cools it down again.
 
-Sharing: a replica writes what it starts (`HSET llm-gateway:cooldowns <target> <until>`) and reads
-every replica's (`HGETALL`) in one round trip every `sync_interval` (0.5 s), so a cooldown reaches
-every replica within a second. The sync runs beside the requests, never in their path: when Redis
-is away each replica keeps its own cooldowns (fail-open) and shares them again once it is back.
-Failure counts stay per replica; only the resulting cooldowns are shared. Times are wall-clock
-seconds, as replicas share no monotonic clock.
+Sharing: a replica writes a cooldown it starts (`HSET llm-gateway:cooldowns <target> <until>`)
+at once and reads every replica's (`HGETALL`) in the same round trip, and again every
+`sync_interval` (0.5 s), so a cooldown reaches every replica within about half a second. The
+sync runs beside the requests, never in their path: when Redis is away each replica keeps its
+own cooldowns (fail-open) and shares them again once it is back. Failure counts stay per
+replica; only the resulting cooldowns are shared. Times are wall-clock seconds, as replicas
+share no monotonic clock. A target is named by its provider and the model (or pattern) of its
+entry, never by a name a client chose, so the state is bounded by the file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -52,6 +55,7 @@ class Cooldowns:
         self._probes: dict[str, float] = {}  # target -> a probe is out until
         self._dirty: dict[str, float] = {}  # cooldowns started here, not yet shared
         self._stale: list[bytes] = []  # shared entries long past, removed on the next sync
+        self._started = asyncio.Event()  # a cooldown started here: share it now
         self._synced = True
 
     def now(self) -> float:
@@ -79,6 +83,11 @@ class Cooldowns:
         if until is not None and until <= now:
             self._probes[target] = now + lease
 
+    def abandoned(self, target: str) -> None:
+        """The request chosen to probe `target` did not try it after all (it left, or the
+        target cannot take it): the next request may probe."""
+        self._probes.pop(target, None)
+
     def succeeded(self, target: str) -> None:
         self._failures.pop(target, None)
         if self._until.pop(target, None) is not None:
@@ -101,6 +110,7 @@ class Cooldowns:
         if until > self._until.get(target, 0.0):
             self._until[target] = until
             self._dirty[target] = until
+            self._started.set()
         log.warning("target_cooling_down", target=target, seconds=round(seconds, 3),
                     failures=count)  # fmt: skip
         return seconds
@@ -113,7 +123,9 @@ class Cooldowns:
     async def run(self) -> None:
         """Share cooldowns until cancelled."""
         while True:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):  # at once when one started here
+                await asyncio.wait_for(self._started.wait(), self._interval)
+            self._started.clear()
             await self.sync()
 
     async def sync(self) -> None:

@@ -152,10 +152,12 @@ class Exchange:
 
     def _settled_usage(self) -> tuple[Usage, UsageSource]:
         """Provider usage when it reported some; else an estimate for a metered API call that
-        reached the provider and did not fail there; else nothing."""
+        reached the provider and did not fail there, or whose stream failed after content
+        reached the client (the usage seen so far); else nothing."""
         if self.usage is not None:
             return self.usage, "provider"
-        if not (self.metered and self.upstream_called and self.outcome in _ESTIMABLE):
+        streamed = self.stream and bool(self.completion_estimate) and self.ttfb is not None
+        if not (self.metered and self.upstream_called and (self.outcome in _ESTIMABLE or streamed)):
             return Usage(), "none"
         prompt = self.prompt_estimate
         if prompt is None:

@@ -17,6 +17,7 @@ import orjson
 import structlog
 
 from llm_gateway_proxy.apis import (
+    MAX_MODEL_NAME,
     Api,
     ParsedRequest,
     client_asked_for_usage,
@@ -26,6 +27,7 @@ from llm_gateway_proxy.apis import (
 from llm_gateway_proxy.downstream import ClientDisconnected, Downstream, Receive, Send
 from llm_gateway_proxy.errors import (
     GatewayError,
+    InvalidRequest,
     MissingParameter,
     ModelNotAllowed,
     ModelNotFound,
@@ -169,7 +171,8 @@ class ProxyHandler:
             provider_list = None
             if router.table.has_patterns and router.has_default:
                 provider_list = await router.fetch(_call(scope, target), exchange)
-            body = listing(router.table.public_names, provider_list, allowed)
+            body = listing(router.table.public_names, provider_list, allowed,
+                           lambda name: router.table.route(name) is not None)  # fmt: skip
         else:
             exchange.model = model = scope["path"].rsplit("/", 1)[1]
             known = model in router.table.public_names
@@ -203,6 +206,9 @@ def _parse(api: Api, body: bytes, exchange: Exchange) -> ParsedRequest:
     request = api.parse(body)
     if not request.model:
         raise MissingParameter("Missing required parameter: 'model'.", param="model")
+    if len(request.model) > MAX_MODEL_NAME:
+        raise InvalidRequest(f"Invalid value for 'model': at most {MAX_MODEL_NAME} characters.",
+                             param="model")  # fmt: skip
     exchange.model = request.model
     exchange.user = request.user
     exchange.stream = wants_stream(request)

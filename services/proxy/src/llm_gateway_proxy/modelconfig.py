@@ -113,12 +113,17 @@ class ModelTable:
 
     def route(self, model: str) -> ModelRoute | None:
         """The route of a public model name: the exact name first, then patterns in file order."""
+        named = self.named_route(model)
+        return None if named is None else named[1]
+
+    def named_route(self, model: str) -> tuple[str, ModelRoute] | None:
+        """(the entry's name: `model` itself or the pattern it matched, its route), or None."""
         exact = self.file.models.get(model)
         if exact is not None and not _is_pattern(model):
-            return exact
+            return model, exact
         for pattern, route in self._patterns:
             if fnmatch.fnmatchcase(model, pattern):
-                return route
+                return pattern, route
         return None
 
     def routing(self, route: ModelRoute) -> Routing:

@@ -18,9 +18,15 @@ def model_object(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": OWNER}
 
 
-def listing(names: Iterable[str], upstream: bytes | None, allowed: Callable[[str], bool]) -> bytes:
+def listing(
+    names: Iterable[str],
+    upstream: bytes | None,
+    allowed: Callable[[str], bool],
+    routable: Callable[[str], bool],
+) -> bytes:
     """The list body: configured names first, then the provider's (`upstream`, its answer's
-    body, if any) that are not among them; each only if `allowed`."""
+    body, if any) that are not among them and that a route would take; each only if
+    `allowed`."""
     seen: set[str] = set()
     data: list[dict[str, Any]] = []
     for name in names:
@@ -29,7 +35,7 @@ def listing(names: Iterable[str], upstream: bytes | None, allowed: Callable[[str
             data.append(model_object(name))
     for item in _provider_models(upstream):
         name = item["id"]
-        if name not in seen and allowed(name):
+        if name not in seen and allowed(name) and routable(name):
             seen.add(name)
             data.append(item)
     return orjson.dumps({"object": "list", "data": data})

@@ -59,13 +59,13 @@ async def relay(
             await _relay_translated(answer, exchange, downstream, headers, capture_bytes)
         else:
             exchange.upstream_request_id = response.headers.get("x-request-id")
-            headers = response_headers(response) + headers
+            headers = _merged(response_headers(response), headers)
             if is_event_stream(response):
                 await _relay_stream(answer, exchange, downstream, headers, capture_bytes)
             elif api is None:
                 await _relay_chunks(response, exchange, downstream, headers)
             else:
-                await _relay_body(response, exchange, downstream, headers, capture_bytes)
+                await _relay_body(answer, exchange, downstream, headers, capture_bytes)
         completed = True
     finally:
         if completed:
@@ -119,14 +119,15 @@ async def _relay_stream(
 
 
 async def _relay_body(
-    response: aiohttp.ClientResponse,
+    answer: Answer,
     exchange: Exchange,
     downstream: Downstream,
     headers: Headers,
     capture_bytes: int,
 ) -> None:
     """A JSON answer from a metered API: read whole, usage taken from it, sent in one piece."""
-    raw = await read_body(response)
+    response = answer.response
+    raw = answer.body if answer.body is not None else await read_body(response)
     payload = _json(raw)
     if response.status < 400:
         exchange.usage = usage_from_payload(payload)
@@ -185,13 +186,16 @@ async def _relay_translated(
         exchange.status = status
         # The event names the provider's own type (`overloaded_error`), not the OpenAI one.
         exchange.fail("upstream_error", upstream_error_type(_json(sent), response.status))
+        wait = response.headers.get("retry-after")  # a 429's, for the client's SDK
+        kept = [_JSON, (b"retry-after", wait.encode("latin-1"))] if wait else [_JSON]
         await _send_whole(status, raw, exchange=exchange, downstream=downstream,
-                          headers=[_JSON, *headers], capture_bytes=capture_bytes)  # fmt: skip
+                          headers=[*kept, *headers], capture_bytes=capture_bytes)  # fmt: skip
     elif is_event_stream(response):
         await _relay_translated_stream(answer, exchange, downstream, headers, capture_bytes)
     else:
+        body = answer.body if answer.body is not None else await read_body(response)
         try:
-            raw = response_in(await read_body(response), created=int(time.time()))
+            raw = response_in(body, created=int(time.time()))
         except MalformedResponse as exc:
             raise UpstreamMalformed(f"The provider's answer was not usable: {exc}") from exc
         payload = orjson.loads(raw)
@@ -285,6 +289,14 @@ async def _send_whole(
     exchange.mark_first_byte()
     await downstream.start(status, headers)
     await downstream.body(raw, more=False)
+
+
+def _merged(provider: Headers, ours: Headers) -> Headers:
+    """The provider's headers, then the gateway's: where the gateway says whether to retry, the
+    provider's say is dropped (a client would read both and retry)."""
+    if any(name == b"x-should-retry" for name, _ in ours):
+        provider = [h for h in provider if h[0] != b"x-should-retry"]
+    return provider + ours
 
 
 def _json(raw: bytes) -> Any:

@@ -53,7 +53,7 @@ from llm_gateway_proxy.modelconfig import NO_DEADLINE, ModelRoute, ModelTable, R
 from llm_gateway_proxy.modellist import MODELS_PATHS
 from llm_gateway_proxy.providers.adapters import Adapter, adapter_for
 from llm_gateway_proxy.providers.streamstart import Verdict
-from llm_gateway_proxy.upstream import Upstream, map_exceptions
+from llm_gateway_proxy.upstream import Upstream, map_exceptions, read_body
 
 log = structlog.get_logger("llm_gateway.proxy")
 
@@ -61,7 +61,6 @@ _RETRYABLE = frozenset({408, 429})
 _MISCONFIGURED = frozenset({401, 403, 404})
 NO_RETRY = (b"x-should-retry", b"false")
 _MAX_LIST_BYTES = 4 << 20
-_MAX_PLANS = 10_000
 _HEADER_SAFE = "/:@._-+~*=!$&'()[],;"
 _UNTIMED = 24 * 3600.0  # a budget this long is no deadline: no timer is armed for it
 _NO_TIMER = contextlib.nullcontext()
@@ -118,6 +117,7 @@ class Answer:
     strip_usage_chunk: bool = False  # the gateway asked for a usage chunk the client did not
     include_usage: bool = False  # the client asked for the usage chunk (translated streams)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes | None = None  # a whole answer, already read (when another attempt was possible)
 
 
 class _Failed(Exception):
@@ -162,8 +162,8 @@ class Router:
         self._default = None if default is None else self._passthrough_step(default)
         # What an event names as its provider before any attempt (a refused request).
         self.default_provider = "none" if default is None else self.adapters[default].otel_name
-        # Plans by (API, model name): built once per name. Pattern routes take any name a
-        # client sends, so the cache stops growing at a bound (later names are planned anew).
+        # Plans by (API, model name) for the names the file lists (a bounded set); a name only a
+        # pattern matches is planned for each request, so clients cannot fill memory with names.
         self._plans: dict[tuple[str, str], Plan] = {}
 
     # --- planning ---------------------------------------------------------------------------
@@ -179,19 +179,21 @@ class Router:
         plan = self._plans.get((api.path, model))
         if plan is None:
             plan = self._plan(api, model)
-            if len(self._plans) < _MAX_PLANS:
+            if model in self.table.file.models:
                 self._plans[(api.path, model)] = plan
         return plan
 
     def _plan(self, api: Api, model: str) -> Plan:
-        route = self.table.route(model)
-        if route is None:
+        named = self.table.named_route(model)
+        if named is None:
             raise ModelNotFound(
                 f"The model `{model}` does not exist or you do not have access to it.",
                 param="model",
             )
-        steps = [self._step(model, route, api)]
-        steps += [self._step(name, self.table.file.models[name], api) for name in route.fallbacks]
+        entry, route = named
+        steps = [self._step(model, entry, route, api)]
+        models = self.table.file.models
+        steps += [self._step(name, name, models[name], api) for name in route.fallbacks]
         served = tuple(step for step in steps if step.choices)
         if not served:
             raise UnsupportedByProvider(
@@ -201,14 +203,17 @@ class Router:
         retrying = len(served) > 1 or served[0].routing.retries > 0
         return Plan(served, retrying=retrying and not self.table.single)
 
-    def _step(self, name: str, route: ModelRoute, api: Api) -> Step:
+    def _step(self, name: str, entry: str, route: ModelRoute, api: Api) -> Step:
+        """`name`: the model name asked for; `entry`: the file's name for it (a pattern's, for
+        a name it matched), which names the target in cooldowns: a bounded set of targets."""
         choices = []
         for target in route.targets:
             adapter = self.adapters[target.provider]
             if adapter.serves(api):
                 model = target.model or name
-                target_id = f"{target.provider}/{model}"
-                choices.append(Choice(adapter, model, target.weight, target_id, _header(target_id)))
+                target_id = f"{target.provider}/{target.model or entry}"
+                route_header = _header(f"{target.provider}/{model}")
+                choices.append(Choice(adapter, model, target.weight, target_id, route_header))
         weights = tuple(itertools.accumulate(c.weight for c in choices))
         return Step(name, tuple(choices), self.table.routing(route), weights)
 
@@ -256,6 +261,7 @@ class Router:
         """Attempt until one answers; the answer's headers are in. Raises a GatewayError when
         the last attempt failed without an answer to pass on."""
         deadline = time.monotonic() + plan.steps[0].routing.deadline
+        last: _Failed | None = None
         for number, step in enumerate(plan.steps):
             routing = step.routing
             tried: list[str] = []
@@ -267,14 +273,19 @@ class Router:
                     answer = await self._attempt(choice, call, exchange, deadline, plan)
                 except InvalidRequest:
                     # Refused before anything was sent (the Messages API cannot express it):
-                    # another target of the model may take it; else the client gets the 400.
+                    # another target may take it; if none can, the fallbacks; the client gets
+                    # the 400 only when nothing was tried, else the last real failure.
                     tried.pop()
                     refused.add(choice.id)
+                    self.cooldowns.abandoned(choice.id)
                     choice = self._choose(step, tried, refused)
-                    if choice is None:
+                    if choice is not None or number + 1 < len(plan.steps):
+                        continue
+                    if last is None:
                         raise
-                    continue
+                    return self._last_failure(last, plan, exchange)
                 except _Failed as failed:
+                    last = failed
                     self._note_failure(choice, routing, failed, exchange)
                     retry = None
                     if len(tried) <= routing.retries:
@@ -307,6 +318,8 @@ class Router:
         if choice is None:
             return None
         delay = 0.0
+        if choice.id in tried and failed.misconfigured:
+            return None  # the same key or deployment would be refused the same way
         if choice.id in tried:  # the same target again: back off first
             ceiling = step.routing.backoff.base * 2 ** (tried.count(choice.id) - 1)
             delay = self._rng.uniform(0, min(step.routing.backoff.max, ceiling))
@@ -368,12 +381,16 @@ class Router:
                 )
                 answer = Answer(response, choice, b"", outgoing.strip_usage_chunk,
                                 call.include_usage, answer_headers)  # fmt: skip
+                if call.api is None:
+                    return answer  # pass-through: the provider's answer, whatever it is
                 if response.status >= 400:
                     return self._judge_status(answer)
-                if call.stream and response.content_type == "text/event-stream":
+                if response.content_type == "text/event-stream":
                     # Held to its first content only if that can still change anything.
                     watch = plan.retrying or choice.adapter.first_token is not None
                     return await self._peek(answer, watch=watch)
+                if plan.retrying:  # a body cut off or stalled is still a failed attempt
+                    answer.body = await read_body(response)
                 return answer
         except _Failed:
             raise  # its answer stays open: it may be the one the client gets
@@ -388,6 +405,7 @@ class Router:
             raise _Failed(exc.code or "unreachable", error=exc) from exc
         except BaseException:
             _close(response)  # the client left (cancelled), or a bug: never leak a connection
+            self.cooldowns.abandoned(choice.id)
             raise
 
     def _judge_status(self, answer: Answer) -> Answer:
@@ -420,7 +438,8 @@ class Router:
                         f"The upstream provider failed the stream: {message}"))  # fmt: skip
                 return answer
         answer.prefetched = bytes(read)
-        return answer
+        raise _Failed("stream_empty", answer=answer, error=UpstreamStreamError(
+            "The upstream provider ended the stream before any content."))  # fmt: skip
 
     def _note_failure(
         self, choice: Choice, routing: Routing, failed: _Failed, exchange: Exchange

@@ -147,11 +147,12 @@ def forwarded_headers(
 
 
 def response_headers(response: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers that the client should see."""
+    """The upstream's headers that the client should see (not the gateway's own `X-LLM-*`,
+    which an upstream gateway may have set: this one's are the client's)."""
     return [
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in response.headers.items()
-        if name.lower() not in _DROP_RESPONSE
+        if name.lower() not in _DROP_RESPONSE and not name.lower().startswith("x-llm-")
     ]
 
 

@@ -140,7 +140,8 @@ class AzureAdapter(Adapter):
             deployment = _segment(model)
             return url_under(self.base, f"/openai/deployments/{deployment}{forward_path}",
                              self._version)  # fmt: skip
-        return url_under(self.base, "/openai" + forward_path, self._version)
+        query = self._version + b"&" + query if query else self._version
+        return url_under(self.base, "/openai" + forward_path, query)
 
     def _key_header(self, key: str) -> dict[str, str]:
         return {"api-key": key}

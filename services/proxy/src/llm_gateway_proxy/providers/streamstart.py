@@ -73,7 +73,10 @@ class OpenAIStart(StreamStart):
             return Verdict.WAIT if kind in self._SETUP else Verdict.CONTENT
         if payload.get("usage"):
             return Verdict.CONTENT
-        for choice in payload.get("choices") or ():
+        choices = payload.get("choices")
+        if not isinstance(choices, list):
+            return Verdict.CONTENT  # not the format: the client gets it as it is
+        for choice in choices:
             if not isinstance(choice, dict) or choice.get("finish_reason") or choice.get("text"):
                 return Verdict.CONTENT
             delta = choice.get("delta")
