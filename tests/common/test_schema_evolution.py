@@ -103,8 +103,8 @@ def test_lunary_and_helicone_report_a_new_successful_outcome_as_a_success() -> N
 
 def test_lunary_and_helicone_report_a_new_failing_outcome_as_an_error() -> None:
     shed = decode_event(newer_event(1, **SHED))
-    _, end = run_events(shed)
-    assert end["event"] == "error" and end["error"] == {"message": "shed (HTTP 503)"}
+    *_, last = run_events(shed)
+    assert last["event"] == "error" and last["error"] == {"message": "shed (HTTP 503)"}
     assert log_body(shed)["providerResponse"]["json"]["error"]["message"] == "shed"
 
 
