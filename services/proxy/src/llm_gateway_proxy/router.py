@@ -62,6 +62,7 @@ _MISCONFIGURED = frozenset({401, 403, 404})
 NO_RETRY = (b"x-should-retry", b"false")
 _MAX_LIST_BYTES = 4 << 20
 _HEADER_SAFE = "/:@._-+~*=!$&'()[],;"
+_PATTERN_PLANS = 4096
 _UNTIMED = 24 * 3600.0  # a budget this long is no deadline: no timer is armed for it
 _NO_TIMER = contextlib.nullcontext()
 
@@ -162,8 +163,9 @@ class Router:
         self._default = None if default is None else self._passthrough_step(default)
         # What an event names as its provider before any attempt (a refused request).
         self.default_provider = "none" if default is None else self.adapters[default].otel_name
-        # Plans by (API, model name) for the names the file lists (a bounded set); a name only a
-        # pattern matches is planned for each request, so clients cannot fill memory with names.
+        # Plans by (API, model name): the names the file lists, and up to _PATTERN_PLANS names
+        # patterns matched (at most 256 characters each), so clients cannot fill memory with
+        # names; past that, such names are planned for each request.
         self._plans: dict[tuple[str, str], Plan] = {}
 
     # --- planning ---------------------------------------------------------------------------
@@ -179,7 +181,7 @@ class Router:
         plan = self._plans.get((api.path, model))
         if plan is None:
             plan = self._plan(api, model)
-            if model in self.table.file.models:
+            if model in self.table.file.models or len(self._plans) < _PATTERN_PLANS:
                 self._plans[(api.path, model)] = plan
         return plan
 
