@@ -16,6 +16,8 @@ Hypercorn builds one per connection from that module-level name and has no setti
 from __future__ import annotations
 
 import asyncio
+import time
+from wsgiref.handlers import format_date_time
 
 import hypercorn.asyncio.run as hypercorn_run
 import structlog
@@ -28,9 +30,24 @@ log = structlog.get_logger("llm_gateway.proxy")
 
 
 class GatewayConfig(Config):
-    """Hypercorn's settings plus the header deadline `GatewayTCPServer` reads."""
+    """Hypercorn's settings plus the header deadline `GatewayTCPServer` reads, and the `Date`
+    of every response formatted once a second rather than once a response."""
 
     header_timeout: float = 60.0
+    _date_second = -1
+    _date: tuple[bytes, bytes] = (b"date", b"")
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        if not self.include_date_header or self.alt_svc_headers or self._quic_addresses:
+            return super().response_headers(protocol)  # what this does not handle: as it is
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = (b"date", format_date_time(now).encode("ascii"))
+        headers = [self._date]
+        if self.include_server_header:
+            headers.append((b"server", f"hypercorn-{protocol}".encode("ascii")))
+        return headers
 
 
 class GatewayTCPServer(TCPServer):

@@ -21,7 +21,7 @@ from llm_gateway_proxy.errors import UpstreamIncomplete, UpstreamMalformed
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.providers.anthropic_response import MalformedResponse, error_in, response_in
 from llm_gateway_proxy.providers.anthropic_stream import SSEOverflow, SSEParser, StreamTranslator
-from llm_gateway_proxy.router import Answer
+from llm_gateway_proxy.router import NO_RETRY, Answer
 from llm_gateway_proxy.streaming import SSETap
 from llm_gateway_proxy.upstream import (
     is_event_stream,
@@ -294,7 +294,7 @@ async def _send_whole(
 def _merged(provider: Headers, ours: Headers) -> Headers:
     """The provider's headers, then the gateway's: where the gateway says whether to retry, the
     provider's say is dropped (a client would read both and retry)."""
-    if any(name == b"x-should-retry" for name, _ in ours):
+    if NO_RETRY in ours:
         provider = [h for h in provider if h[0] != b"x-should-retry"]
     return provider + ours
 

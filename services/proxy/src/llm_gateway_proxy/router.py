@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import itertools
 import random
 import time
@@ -64,7 +63,6 @@ _MAX_LIST_BYTES = 4 << 20
 _HEADER_SAFE = "/:@._-+~*=!$&'()[],;"
 _PATTERN_PLANS = 4096
 _UNTIMED = 24 * 3600.0  # a budget this long is no deadline: no timer is armed for it
-_NO_TIMER = contextlib.nullcontext()
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,28 +374,31 @@ class Router:
         if call.stream and adapter.first_token is not None:
             budget = min(budget, adapter.first_token)
         response: aiohttp.ClientResponse | None = None
+        timer = _Deadline(budget)
         try:
-            async with asyncio.timeout(budget) if budget < _UNTIMED else _NO_TIMER:
-                response = await self.upstream.send(
-                    call.method, url, headers, outgoing.body, adapter.timeout
-                )
-                answer = Answer(response, choice, b"", outgoing.strip_usage_chunk,
-                                call.include_usage, answer_headers)  # fmt: skip
-                if call.api is None:
-                    return answer  # pass-through: the provider's answer, whatever it is
-                if response.status >= 400:
-                    return self._judge_status(answer)
-                if response.content_type == "text/event-stream":
-                    # Held to its first content only if that can still change anything.
-                    watch = plan.retrying or choice.adapter.first_token is not None
-                    return await self._peek(answer, watch=watch)
-                if plan.retrying:  # a body cut off or stalled is still a failed attempt
-                    answer.body = await read_body(response)
-                return answer
+            response = await self.upstream.send(
+                call.method, url, headers, outgoing.body, adapter.timeout
+            )
+            answer = Answer(response, choice, b"", outgoing.strip_usage_chunk,
+                            call.include_usage, answer_headers)  # fmt: skip
+            if call.api is None:
+                return answer  # pass-through: the provider's answer, whatever it is
+            if response.status >= 400:
+                return self._judge_status(answer)
+            if response.content_type == "text/event-stream":
+                # Held to its first content only if that can still change anything.
+                watch = plan.retrying or choice.adapter.first_token is not None
+                return await self._peek(answer, watch=watch)
+            if plan.retrying:  # a body cut off or stalled is still a failed attempt
+                answer.body = await read_body(response)
+            return answer
         except _Failed:
             raise  # its answer stays open: it may be the one the client gets
-        except TimeoutError as exc:
+        except (TimeoutError, asyncio.CancelledError) as exc:
             _close(response)
+            if isinstance(exc, asyncio.CancelledError) and not timer.fired():
+                self.cooldowns.abandoned(choice.id)
+                raise  # the client left
             raise _Failed("timeout", error=UpstreamTimeout(
                 "The upstream provider did not answer in time.")) from exc  # fmt: skip
         except GatewayError as exc:  # unreachable, cut off (upstream.py)
@@ -406,9 +407,11 @@ class Router:
                 raise
             raise _Failed(exc.code or "unreachable", error=exc) from exc
         except BaseException:
-            _close(response)  # the client left (cancelled), or a bug: never leak a connection
+            _close(response)  # a bug: never leak a connection
             self.cooldowns.abandoned(choice.id)
             raise
+        finally:
+            timer.stop()
 
     def _judge_status(self, answer: Answer) -> Answer:
         status = answer.response.status
@@ -479,6 +482,36 @@ class Router:
         assert failed.error is not None
         failed.error.extra_headers = extra
         raise failed.error
+
+
+class _Deadline:
+    """An attempt's budget: a timer that cancels the attempt's task when it is spent (one
+    `call_later`; `asyncio.timeout` costs twice as much). `fired()` tells a cancellation of its
+    own, turned into a timeout, from the client leaving."""
+
+    __slots__ = ("_expired", "_handle", "_task")
+
+    def __init__(self, budget: float) -> None:
+        self._expired = False
+        self._task = asyncio.current_task()
+        self._handle = (
+            asyncio.get_running_loop().call_later(budget, self._expire)
+            if budget < _UNTIMED and self._task is not None
+            else None
+        )
+
+    def _expire(self) -> None:
+        self._expired = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def fired(self) -> bool:
+        """True when this timer cancelled the task (and that request is withdrawn)."""
+        return self._expired and self._task is not None and self._task.uncancel() == 0
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 def _discard(answer: Answer | None) -> None:

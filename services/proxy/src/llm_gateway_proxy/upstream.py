@@ -20,6 +20,7 @@ import aiohttp
 from yarl import URL
 
 from llm_gateway_proxy.errors import (
+    GatewayError,
     HeaderNotAllowed,
     InvalidPath,
     UpstreamIncomplete,
@@ -58,14 +59,19 @@ def map_exceptions() -> Iterator[None]:
     """Translate aiohttp failures into gateway errors, chained with `from`."""
     try:
         yield
-    except aiohttp.ClientPayloadError as exc:
-        raise UpstreamIncomplete("The upstream provider's response was cut off.") from exc
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise UpstreamTimeout("The upstream provider did not answer in time.") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamUnreachable(
-            f"The upstream provider could not be reached ({type(exc).__name__})."
-        ) from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _mapped(exc) from exc
+
+
+def _mapped(exc: aiohttp.ClientError | TimeoutError) -> GatewayError:
+    """The gateway's error for an aiohttp failure."""
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamIncomplete("The upstream provider's response was cut off.")
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamTimeout("The upstream provider did not answer in time.")
+    return UpstreamUnreachable(
+        f"The upstream provider could not be reached ({type(exc).__name__})."
+    )
 
 
 class Upstream:
@@ -99,11 +105,13 @@ class Upstream:
         """Send one request and return once the response headers are in."""
         if self._session is None:
             raise UpstreamUnreachable("The upstream client is not started.")
-        with map_exceptions():
+        try:  # map_exceptions, spelt out: a context manager per request costs a generator
             return await self._session.request(
                 method, url, headers=headers, data=body or None, allow_redirects=False,
                 timeout=timeout,
             )  # fmt: skip
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _mapped(exc) from exc
 
 
 def client_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
@@ -157,8 +165,10 @@ def response_headers(response: aiohttp.ClientResponse) -> list[tuple[bytes, byte
 
 
 async def read_body(response: aiohttp.ClientResponse) -> bytes:
-    with map_exceptions():
+    try:
         return await response.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _mapped(exc) from exc
 
 
 def is_event_stream(response: aiohttp.ClientResponse) -> bool:
