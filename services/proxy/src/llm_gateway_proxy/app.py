@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 from llm_gateway_common.heap import settle_after_startup
+from llm_gateway_common.logs import LogOutput
 from llm_gateway_common.streams import connect_redis
 from llm_gateway_proxy import health
 from llm_gateway_proxy.access import Access
@@ -45,7 +46,12 @@ _WARM_CONNECTIONS = 8  # Redis connections opened before traffic (a first burst'
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None) -> Listeners:
+def create_app(
+    settings: ProxySettings,
+    *,
+    stopping: asyncio.Event | None = None,
+    log_output: LogOutput | None = None,
+) -> Listeners:
     """Build the proxy: the data-plane app (which owns the lifespan) and the management app,
     told apart by the port a request came on. `stopping` is set by the server on SIGTERM
     (readiness turns 503)."""
@@ -92,7 +98,8 @@ def create_app(settings: ProxySettings, *, stopping: asyncio.Event | None = None
         sharing = asyncio.create_task(cooldowns.run(), name="cooldown-sync")
         settle_after_startup()
         try:
-            gateway = Gateway(settings, router, publisher, access, stop_signal)
+            gateway = Gateway(settings, router, publisher, access, stop_signal,
+                              log_output=log_output)  # fmt: skip
             yield {"gateway": gateway, "in_flight": in_flight}
         finally:
             stop_signal.set()

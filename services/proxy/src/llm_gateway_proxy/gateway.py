@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import structlog
 
+from llm_gateway_common.logs import LogOutput
 from llm_gateway_proxy.access import Access
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.ids import IdSource
@@ -26,6 +28,8 @@ class Gateway:
         publisher: EventPublisher,
         access: Access,
         stopping: asyncio.Event,
+        *,
+        log_output: LogOutput | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -33,6 +37,9 @@ class Gateway:
         self.access = access
         self.stopping = stopping
         self.ids = IdSource()
+        # The per-request line goes straight to the log output when there is one (the service);
+        # else (an app built in a test) through structlog, the same line either way.
+        self._line = log_output.info if log_output is not None else _structlog_info
 
     @property
     def keys(self) -> KeyStore:
@@ -52,21 +59,27 @@ class Gateway:
             else self.access.limiter.charges(key, exchange.tenant_limits, event.total_tokens)
         )
         self.publisher.publish(event, charges)
-        log.info(
+        self._line(
             "request",
-            request_id=event.request_id,
-            tenant=event.tenant,
-            key_id=event.key_id,
-            endpoint=event.endpoint,
-            model=event.model,
-            provider=event.provider_name,
-            attempts=event.attempts,
-            stream=event.stream,
-            status=event.status_code,
-            outcome=event.outcome,
-            error_type=event.error_type,
-            total_tokens=event.total_tokens,
-            usage_source=event.usage_source,
-            latency_ms=event.latency_ms,
-            ttfb_ms=event.ttfb_ms,
+            {
+                "request_id": event.request_id,
+                "tenant": event.tenant,
+                "key_id": event.key_id,
+                "endpoint": event.endpoint,
+                "model": event.model,
+                "provider": event.provider_name,
+                "attempts": event.attempts,
+                "stream": event.stream,
+                "status": event.status_code,
+                "outcome": event.outcome,
+                "error_type": event.error_type,
+                "total_tokens": event.total_tokens,
+                "usage_source": event.usage_source,
+                "latency_ms": event.latency_ms,
+                "ttfb_ms": event.ttfb_ms,
+            },
         )
+
+
+def _structlog_info(event: str, fields: dict[str, Any]) -> None:
+    log.info(event, **fields)

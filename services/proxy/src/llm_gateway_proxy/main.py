@@ -44,7 +44,7 @@ async def run(settings: ProxySettings, log_output: LogOutput) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     flusher = asyncio.create_task(log_output.flush_periodically(), name="log-flusher")
-    app = create_app(settings, stopping=stopping)
+    app = create_app(settings, stopping=stopping, log_output=log_output)
     connections.install()
     try:
         await serve(app, hypercorn_config(settings), shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
