@@ -245,6 +245,19 @@ def start_gateway(
     and (unless --single-provider) routing: a MODELS_FILE whose model has two weighted targets
     with retries, both on the fake upstream."""
     port = free_port()
+    env = gateway_env(port, upstream_port, redis_url, tmp, routed=routed)
+    return children.start("gateway", gateway_argv(), cpu=PROXY_CPU, port=port, env=env,
+                          stdout=tmp / "gateway-requests.log")  # fmt: skip
+
+
+def gateway_argv() -> list[str]:
+    return [str(Path(sys.executable).parent / "llm-gateway-proxy")]
+
+
+def gateway_env(
+    port: int, upstream_port: int, redis_url: str, tmp: Path, *, routed: bool
+) -> dict[str, str]:
+    """The gateway's environment in the bench: keys checked, metering and logs on."""
     keys_file = tmp / "keys.json"
     keys_file.write_text(json.dumps([{  # the key the load generators send, hashed; no limits
         "id": "key_bench", "key_hash": hashlib.sha256(b"sk-bench").hexdigest(),
@@ -261,9 +274,7 @@ def start_gateway(
     }
     if routed:
         env["MODELS_FILE"] = str(write_models_file(tmp, f"http://127.0.0.1:{upstream_port}/v1"))
-    script = Path(sys.executable).parent / "llm-gateway-proxy"
-    return children.start("gateway", [str(script)], cpu=PROXY_CPU, port=port, env=env,
-                          stdout=tmp / "gateway-requests.log")  # fmt: skip
+    return env
 
 
 def write_models_file(tmp: Path, base_url: str) -> Path:
