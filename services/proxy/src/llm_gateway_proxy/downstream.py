@@ -2,7 +2,10 @@
 
 Once the body is read, a watcher task waits on `receive()`; when the client disconnects it marks
 the connection gone and cancels the handler, which stops awaiting the upstream at once (the
-upstream request is then closed, so the provider stops generating).
+upstream request is then closed, so the provider stops generating). The watcher starts
+`WATCH_AFTER` seconds after the body was read: most answers are out before then and need none
+(a task per request costs more than the timer), and a client that left meanwhile is seen at
+once when it starts, its disconnect waiting in the receive queue.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from llm_gateway_proxy.errors import GatewayError, RequestTooLarge
 from llm_gateway_proxy.exchange import new_request_id
 
 Message = MutableMapping[str, Any]
+WATCH_AFTER = 0.05  # seconds after the body was read before a disconnect is watched for
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -24,12 +28,16 @@ class ClientDisconnected(Exception):
 
 
 class Downstream:
-    __slots__ = ("_receive", "_send", "_watcher", "event_stream", "gone", "sent_bytes", "started")
+    __slots__ = (
+        "_receive", "_send", "_start_timer", "_watcher", "event_stream", "gone", "sent_bytes",
+        "started",
+    )  # fmt: skip
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
         self._watcher: asyncio.Task[None] | None = None
+        self._start_timer: asyncio.TimerHandle | None = None
         self.gone = False
         self.started = False
         self.event_stream = False
@@ -61,7 +69,12 @@ class Downstream:
         """Cancel the current task when the client disconnects (call after the body is read)."""
         task = asyncio.current_task()
         if task is not None:
-            self._watcher = asyncio.create_task(self._watch(task))
+            loop = asyncio.get_running_loop()
+            self._start_timer = loop.call_later(WATCH_AFTER, self._start_watching, task)
+
+    def _start_watching(self, handler: asyncio.Task[Any]) -> None:
+        self._start_timer = None
+        self._watcher = asyncio.create_task(self._watch(handler))
 
     async def _watch(self, handler: asyncio.Task[Any]) -> None:
         while True:
@@ -72,6 +85,9 @@ class Downstream:
                 return
 
     def stop_watching(self) -> None:
+        if self._start_timer is not None:
+            self._start_timer.cancel()
+            self._start_timer = None
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
