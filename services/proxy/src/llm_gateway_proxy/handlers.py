@@ -39,7 +39,8 @@ from llm_gateway_proxy.keys import KeyRecord
 from llm_gateway_proxy.modellist import listing, model_object
 from llm_gateway_proxy.paths import PathTable, Target
 from llm_gateway_proxy.relay import relay
-from llm_gateway_proxy.router import Call, Plan
+from llm_gateway_proxy.routeplan import Plan
+from llm_gateway_proxy.router import Call
 
 Scope = MutableMapping[str, Any]
 
@@ -62,7 +63,8 @@ class ProxyHandler:
         endpoint = target.endpoint if target is not None else scope["path"][:_MAX_ENDPOINT]
         exchange = Exchange(
             gateway.ids.pair(), scope["headers"], endpoint, scope["method"],
-            gateway.router.default_provider, metered=target is not None and target.api is not None,
+            gateway.router.planner.default_provider,
+            metered=target is not None and target.api is not None,
         )  # fmt: skip
         downstream = Downstream(receive, send)
         try:
@@ -96,7 +98,7 @@ class ProxyHandler:
                 exchange.tenant = gateway.access.tenant(key, exchange.requested_tenant)
             if target is None:
                 raise NotFound(f"Unknown request URL: {scope['method']} {exchange.endpoint}.")
-            if gateway.router.lists_models(scope["method"], target.pattern) and (
+            if gateway.router.planner.lists_models(scope["method"], target.pattern) and (
                 await self._list_models(gateway, scope, target, exchange, downstream, key=key)
             ):
                 return
@@ -140,7 +142,7 @@ class ProxyHandler:
             gateway.access.authorize_model(key, exchange.model)
             if exchange.model is None and target.runs_a_model(scope["method"]):
                 _require_named_model(key)
-        plan = gateway.router.plan(target.api, exchange.model)  # 404 for an unknown model
+        plan = gateway.router.planner.plan(target.api, exchange.model)  # 404 for an unknown model
         if key is not None:
             exchange.tenant_limits = await gateway.access.admit(key)
         call = Call(
@@ -169,14 +171,19 @@ class ProxyHandler:
         allowed = key.allows_model if key is not None else _anything
         if target.pattern == "/v1/models":
             provider_list = None
-            if router.table.has_patterns and router.has_default:
+            if router.table.has_patterns and router.planner.has_default:
                 provider_list = await router.fetch(_call(scope, target), exchange)
             body = listing(router.table.public_names, provider_list, allowed,
                            lambda name: router.table.route(name) is not None)  # fmt: skip
         else:
             exchange.model = model = scope["path"].rsplit("/", 1)[1]
             known = model in router.table.public_names
-            if not known and allowed(model) and router.has_default and router.table.route(model):
+            if (
+                not known
+                and allowed(model)
+                and router.planner.has_default
+                and router.table.route(model)
+            ):
                 return False  # a pattern's name: the provider knows it, if anyone does
             if not known or not allowed(model):
                 raise ModelNotFound(f"The model `{model}` does not exist or you do not have "

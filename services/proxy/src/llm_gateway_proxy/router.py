@@ -1,8 +1,8 @@
 """Routing: which provider answers a request, and what a failed attempt does.
 
-`Router.plan` turns the public model name into steps (the model's own targets, then each of its
-fallbacks); `Router.forward` makes attempts until one answers, and returns that answer with its
-headers in (and, for a stream, its first events read). What a failed attempt does:
+`Planner.plan` (routeplan.py) turns the public model name into steps (the model's own targets,
+then each of its fallbacks); `Router.forward` makes attempts until one answers, and returns that
+answer with its headers in (and, for a stream, its first events read). What a failed attempt does:
 
     connect error, timeout before the first byte,   retry: another target first (the same one
     408, 429, 5xx, 529, an error event before any   when it is the only one), then the fallbacks;
@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import itertools
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 import aiohttp
 import structlog
@@ -40,18 +38,14 @@ from llm_gateway_proxy.cooldowns import Cooldowns
 from llm_gateway_proxy.errors import (
     GatewayError,
     InvalidRequest,
-    ModelNotFound,
-    NotFound,
-    UnsupportedByProvider,
     UpstreamMisconfigured,
     UpstreamStreamError,
     UpstreamTimeout,
 )
 from llm_gateway_proxy.exchange import Exchange
-from llm_gateway_proxy.modelconfig import NO_DEADLINE, ModelRoute, ModelTable, Routing
-from llm_gateway_proxy.modellist import MODELS_PATHS
-from llm_gateway_proxy.providers.adapters import Adapter, adapter_for
+from llm_gateway_proxy.modelconfig import ModelTable, Routing
 from llm_gateway_proxy.providers.streamstart import Verdict
+from llm_gateway_proxy.routeplan import Choice, Plan, Planner, Step, route_header
 from llm_gateway_proxy.upstream import Upstream, map_exceptions, read_body
 
 log = structlog.get_logger("llm_gateway.proxy")
@@ -60,34 +54,7 @@ _RETRYABLE = frozenset({408, 429})
 _MISCONFIGURED = frozenset({401, 403, 404})
 NO_RETRY = (b"x-should-retry", b"false")
 _MAX_LIST_BYTES = 4 << 20
-_HEADER_SAFE = "/:@._-+~*=!$&'()[],;"
-_PATTERN_PLANS = 4096
 _UNTIMED = 24 * 3600.0  # a budget this long is no deadline: no timer is armed for it
-
-
-@dataclass(frozen=True, slots=True)
-class Choice:
-    """One target of a step: a provider entry and the model name sent to it."""
-
-    adapter: Adapter
-    model: str | None  # None: the client's own model name (pass-through)
-    weight: float
-    id: str  # `<provider>/<model>`: cooldowns and X-LLM-Route
-    route: bytes  # the X-LLM-Route value (`id`, made safe for a header)
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    name: str  # the public model name (the client's, or a fallback's)
-    choices: tuple[Choice, ...]
-    routing: Routing
-    cumulative: tuple[float, ...] = ()  # running sums of the weights, for the usual choice
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    steps: tuple[Step, ...]
-    retrying: bool  # whether the gateway may make more than one attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,87 +120,13 @@ class Router:
         self.upstream = upstream
         self.cooldowns = cooldowns
         self._rng = rng or random.Random()
-        self.adapters = {
-            name: adapter_for(name, provider, table.api_keys[name], forward_account)
-            for name, provider in table.file.providers.items()
-        }
-        default = table.file.default_provider
-        self._default = None if default is None else self._passthrough_step(default)
-        # What an event names as its provider before any attempt (a refused request).
-        self.default_provider = "none" if default is None else self.adapters[default].otel_name
-        # Plans by (API, model name): the names the file lists, and up to _PATTERN_PLANS names
-        # patterns matched (at most 256 characters each), so clients cannot fill memory with
-        # names; past that, such names are planned for each request.
-        self._plans: dict[tuple[str, str], Plan] = {}
-
-    # --- planning ---------------------------------------------------------------------------
-
-    def plan(self, api: Api | None, model: str | None) -> Plan:
-        """The steps for a request: 404 for an unknown model, 400 when no target can serve the
-        API; a pass-through path (api None) goes to the default provider, once."""
-        if api is None:
-            if self._default is None:
-                raise NotFound("This gateway routes no other /v1 path (no default_provider).")
-            return Plan((self._default,), retrying=False)
-        assert model is not None
-        plan = self._plans.get((api.path, model))
-        if plan is None:
-            plan = self._plan(api, model)
-            if model in self.table.file.models or len(self._plans) < _PATTERN_PLANS:
-                self._plans[(api.path, model)] = plan
-        return plan
-
-    def _plan(self, api: Api, model: str) -> Plan:
-        named = self.table.named_route(model)
-        if named is None:
-            raise ModelNotFound(
-                f"The model `{model}` does not exist or you do not have access to it.",
-                param="model",
-            )
-        entry, route = named
-        steps = [self._step(model, entry, route, api)]
-        models = self.table.file.models
-        steps += [self._step(name, name, models[name], api) for name in route.fallbacks]
-        served = tuple(step for step in steps if step.choices)
-        if not served:
-            raise UnsupportedByProvider(
-                f"The model `{model}` is served by providers that cannot answer {api.path}.",
-                param="model",
-            )
-        retrying = len(served) > 1 or served[0].routing.retries > 0
-        return Plan(served, retrying=retrying and not self.table.single)
-
-    def _step(self, name: str, entry: str, route: ModelRoute, api: Api) -> Step:
-        """`name`: the model name asked for; `entry`: the file's name for it (a pattern's, for
-        a name it matched), which names the target in cooldowns: a bounded set of targets."""
-        choices = []
-        for target in route.targets:
-            adapter = self.adapters[target.provider]
-            if adapter.serves(api):
-                model = target.model or name
-                target_id = f"{target.provider}/{target.model or entry}"
-                route_header = _header(f"{target.provider}/{model}")
-                choices.append(Choice(adapter, model, target.weight, target_id, route_header))
-        weights = tuple(itertools.accumulate(c.weight for c in choices))
-        return Step(name, tuple(choices), self.table.routing(route), weights)
-
-    def _passthrough_step(self, provider: str) -> Step:
-        choice = Choice(self.adapters[provider], None, 1.0, f"{provider}/*", b"")
-        return Step("*", (choice,), Routing(retries=0, deadline=NO_DEADLINE), (1.0,))
-
-    def lists_models(self, method: str, pattern: str) -> bool:
-        """Whether the gateway answers this models request itself (it has a model table)."""
-        return method == "GET" and pattern in MODELS_PATHS and not self.table.single
-
-    @property
-    def has_default(self) -> bool:
-        return self._default is not None
+        self.planner = Planner(table, forward_account)
 
     async def fetch(self, call: Call, exchange: Exchange) -> bytes | None:
         """A small pass-through answer's body from the default provider (its model list), or
         None when it failed: what the gateway knows is answered without it."""
         try:
-            answer = await self.forward(self.plan(None, None), call, exchange)
+            answer = await self.forward(self.planner.plan(None, None), call, exchange)
         except GatewayError as exc:
             log.warning("provider_list_failed", reason=exc.code)
             return None
@@ -368,7 +261,7 @@ class Router:
         url: URL = adapter.url(call.api, call.forward_path, call.query, model)
         headers = adapter.headers(call.headers)
         exchange.attempt(adapter.otel_name, adapter.name, model or exchange.model)
-        route = choice.route or _header(f"{adapter.name}/{exchange.model or ''}")
+        route = choice.route or route_header(adapter.name, exchange.model or "")
         answer_headers = [(b"x-llm-route", route)]
         budget = deadline - time.monotonic()
         if call.stream and adapter.first_token is not None:
@@ -522,12 +415,6 @@ def _discard(answer: Answer | None) -> None:
 def _close(response: aiohttp.ClientResponse | None) -> None:
     if response is not None:
         response.close()
-
-
-def _header(value: str) -> bytes:
-    """A header value from names that may be the client's (a pattern route passes its model
-    name through): anything but printable ASCII is percent-encoded, never sent raw."""
-    return quote(value, safe=_HEADER_SAFE).encode("ascii")
 
 
 def _attempts(exchange: Exchange) -> tuple[bytes, bytes]:
