@@ -24,6 +24,7 @@ help:  ## list the targets
 deps: .venv/.synced  ## install everything the gateway and its tests need
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 	  missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
