@@ -32,6 +32,7 @@ from llm_gateway_proxy.keystore import KeyStore, load_static_keys
 from llm_gateway_proxy.listeners import Listeners
 from llm_gateway_proxy.manage import create_management_app
 from llm_gateway_proxy.metering import EventPublisher
+from llm_gateway_proxy.metrics import ProxyMetrics
 from llm_gateway_proxy.modelconfig import Timeouts, single_provider
 from llm_gateway_proxy.paths import CanonicalPaths, PathTable
 from llm_gateway_proxy.ratelimit import RateLimiter
@@ -94,12 +95,15 @@ def create_app(
         if not access.enabled:
             detail = "every client can use the upstream key: for local demos only"
             log.warning("authentication_disabled", auth_mode="none", detail=detail)
+        metrics = ProxyMetrics(table, tenant_label=settings.metrics_tenant_label,
+                               tenant_limit=settings.metrics_tenant_limit)  # fmt: skip
+        metrics.watch(publisher, gate, cooldowns, in_flight)
         runner = asyncio.create_task(publisher.run(), name="event-publisher")
         sharing = asyncio.create_task(cooldowns.run(), name="cooldown-sync")
         settle_after_startup()
         try:
             gateway = Gateway(settings, router, publisher, access, stop_signal,
-                              log_output=log_output)  # fmt: skip
+                              metrics=metrics, log_output=log_output)  # fmt: skip
             yield {"gateway": gateway, "in_flight": in_flight}
         finally:
             stop_signal.set()
@@ -145,6 +149,7 @@ def create_app(
         routes=[
             Mount("/manage", app=create_management_app()),
             Route("/health", health.health, methods=["GET"]),
+            Route("/metrics", health.metrics, methods=["GET"]),
             Route("/live", health.live, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
         ],

@@ -53,12 +53,15 @@ class Exchange:
         "status",
         "stream",
         "strip_usage_chunk",
+        "targets",
         "tenant",
         "tenant_limits",
         "ttfb",
         "upstream_called",
+        "upstream_done",
         "upstream_model",
         "upstream_request_id",
+        "upstream_started",
         "usage",
         "user",
     )  # fmt: skip
@@ -86,6 +89,10 @@ class Exchange:
         self.upstream_model: str | None = None
         self.attempts = 0
         self.failed_targets: list[str] = []
+        self.targets: list[str] = []  # every attempt's target id (`provider/model`), in order
+        # The span the upstream had (first attempt sent .. answer read): overhead is the rest.
+        self.upstream_started: float | None = None
+        self.upstream_done: float | None = None
         self.metered = metered
         tenant = x_tenant = client_request_id = None
         for name, value in scope_headers:
@@ -133,12 +140,29 @@ class Exchange:
         else:
             self.prompt_estimate = estimate_tokens(body)
 
-    def attempt(self, provider: str, provider_name: str, upstream_model: str | None) -> None:
+    def attempt(
+        self, provider: str, provider_name: str, upstream_model: str | None, target: str
+    ) -> None:
         """Note an upstream attempt; the last one is the provider the event names."""
+        if self.upstream_started is None:
+            self.upstream_started = time.perf_counter()
+        self.targets.append(target)
         self.attempts += 1
         self.provider = provider
         self.provider_name = provider_name
         self.upstream_model = upstream_model
+
+    def upstream_finished(self) -> None:
+        """The answer was read to its end (or given up on): the upstream's part is over."""
+        self.upstream_done = time.perf_counter()
+
+    def overhead(self) -> float | None:
+        """Seconds of the request the gateway spent itself, the upstream's span excluded; None
+        for a request that never reached a provider. After `to_event`."""
+        if self.upstream_started is None or self.finished is None:
+            return None
+        done = self.upstream_done or self.ttfb or self.finished
+        return max(0.0, (self.finished - self.started) - (done - self.upstream_started))
 
     def mark_first_byte(self) -> None:
         if self.ttfb is None:

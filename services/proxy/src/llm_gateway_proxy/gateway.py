@@ -13,6 +13,7 @@ from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.ids import IdSource
 from llm_gateway_proxy.keystore import KeyStore
 from llm_gateway_proxy.metering import EventPublisher
+from llm_gateway_proxy.metrics import ProxyMetrics
 from llm_gateway_proxy.ratelimit import RateLimiter
 from llm_gateway_proxy.router import Router
 from llm_gateway_proxy.settings import ProxySettings
@@ -29,6 +30,7 @@ class Gateway:
         access: Access,
         stopping: asyncio.Event,
         *,
+        metrics: ProxyMetrics,
         log_output: LogOutput | None = None,
     ) -> None:
         self.settings = settings
@@ -36,6 +38,7 @@ class Gateway:
         self.publisher = publisher
         self.access = access
         self.stopping = stopping
+        self.metrics = metrics
         self.ids = IdSource()
         # The per-request line goes straight to the log output when there is one (the service);
         # else (an app built in a test) through structlog, the same line either way.
@@ -59,6 +62,7 @@ class Gateway:
             else self.access.limiter.charges(key, exchange.tenant_limits, event.total_tokens)
         )
         self.publisher.publish(event, charges)
+        self.metrics.record(exchange, event)
         self._line(
             "request",
             {

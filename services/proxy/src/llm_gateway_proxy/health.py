@@ -1,11 +1,12 @@
 """Probes: `/live` (the process serves), `/ready` (it should get traffic), on both listeners;
-`/health` (details: queue sizes, targets cooling down, requests in flight) on the management
-listener only."""
+`/health` (details: queue sizes, targets cooling down, requests in flight) and `/metrics`
+(Prometheus, metrics.py) on the management listener only."""
 
 from __future__ import annotations
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from llm_gateway_proxy.exchange import REQUEST_ID_HEADER, new_request_id
 from llm_gateway_proxy.gateway import Gateway
@@ -61,3 +62,8 @@ async def health(request: Request) -> JSONResponse:
             },
         }
     )
+
+
+async def metrics(request: Request) -> Response:
+    gateway: Gateway = request.state.gateway
+    return Response(gateway.metrics.render(), headers={"content-type": CONTENT_TYPE_LATEST})

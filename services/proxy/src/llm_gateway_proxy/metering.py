@@ -132,6 +132,10 @@ class EventPublisher:
         self.redis_healthy = True
 
     @property
+    def queue_limit(self) -> int:
+        return self._queue_size
+
+    @property
     def queued(self) -> int:
         """Events not yet written: queued, and in the batch being written."""
         return len(self._queue) + (self._batch.events if self._batch is not None else 0)

@@ -68,6 +68,7 @@ async def relay(
                 await _relay_body(answer, exchange, downstream, headers, capture_bytes)
         completed = True
     finally:
+        exchange.upstream_finished()
         if completed:
             response.release()
         else:

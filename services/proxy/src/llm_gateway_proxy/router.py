@@ -260,7 +260,7 @@ class Router:
         outgoing = adapter.outgoing(call.api, call.body, call.request, model)
         url: URL = adapter.url(call.api, call.forward_path, call.query, model)
         headers = adapter.headers(call.headers)
-        exchange.attempt(adapter.otel_name, adapter.name, model or exchange.model)
+        exchange.attempt(adapter.otel_name, adapter.name, model or exchange.model, choice.id)
         route = choice.route or route_header(adapter.name, exchange.model or "")
         answer_headers = [(b"x-llm-route", route)]
         budget = deadline - time.monotonic()

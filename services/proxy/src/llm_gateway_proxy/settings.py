@@ -63,6 +63,8 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     management_listen_host: str = "0.0.0.0"
     management_listen_port: int = 8090
     max_in_flight: int = 512
+    metrics_tenant_label: bool = False  # a `tenant` label on llm_gateway_requests_total
+    metrics_tenant_limit: int = 100  # distinct tenants labelled; the rest fold into `other`
     client_read_timeout: float = 60.0
     passthrough_paths: tuple[str, ...] = DEFAULT_PASSTHROUGH
     forward_account_headers: tuple[bytes, ...] = ()
@@ -140,6 +142,8 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
             management_listen_host=management_host,
             management_listen_port=management_port,
             max_in_flight=env.integer("MAX_IN_FLIGHT", 512, minimum=1),
+            metrics_tenant_label=env.flag("METRICS_TENANT_LABEL", False),
+            metrics_tenant_limit=env.integer("METRICS_TENANT_LIMIT", 100, minimum=1),
             client_read_timeout=env.number("CLIENT_READ_TIMEOUT", 60.0, minimum=0.001),
         )
 
