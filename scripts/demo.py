@@ -34,7 +34,7 @@ STREAM = "llm-gateway:events"
 
 
 def main() -> None:
-    with services() as (proxy_url, redis_url, upstream, ndjson, jsonl):
+    with services() as (proxy_url, redis_url, upstream, ndjson, jsonl, metrics):
         print(f"\n== gateway at {proxy_url} (upstream: {upstream})\n")
         body = {"model": os.environ.get("DEMO_MODEL", "gpt-4o-mini"),
                 "messages": [{"role": "user", "content": "Say hello in five words."}]}  # fmt: skip
@@ -55,6 +55,14 @@ def main() -> None:
             for wanted in (request_id, stream_id):
                 print(wait_for_line(path, wanted))
             print()
+        print("== Prometheus metrics (the operations listeners, never the data plane):")
+        for url in metrics:
+            print(f"$ curl {url}")
+        with urllib.request.urlopen(metrics[0], timeout=5) as response:
+            text = response.read().decode()
+        print("\n".join(line for line in text.splitlines()
+                        if line.startswith("llm_gateway_requests_total")))  # fmt: skip
+        print()
         if sys.stdin.isatty():
             print(f"Gateway running: point an OpenAI client at {proxy_url}/v1 with api_key "
                   f"{DEMO_KEY} "
@@ -64,7 +72,7 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def services() -> Iterator[tuple[str, str, str, Path, Path]]:
+def services() -> Iterator[tuple[str, str, str, Path, Path, list[str]]]:
     workdir = Path(tempfile.mkdtemp(prefix="llm-gateway-demo-"))
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -74,7 +82,7 @@ def services() -> Iterator[tuple[str, str, str, Path, Path]]:
                                       stderr=subprocess.STDOUT))  # fmt: skip
 
     try:
-        redis_port, proxy_port = free_port(), free_port()
+        redis_port, proxy_port, manage_port = free_port(), free_port(), free_port()
         server = shutil.which("redis-server")
         if server is None:
             sys.exit("redis-server not found: run `make deps` first")
@@ -85,7 +93,7 @@ def services() -> Iterator[tuple[str, str, str, Path, Path]]:
                                           "name": "demo", "tenant": "demo"}]))  # fmt: skip
         env = {"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
                "LISTEN_ADDR": f"127.0.0.1:{proxy_port}", "KEYS_FILE": str(keys_file),
-               "MANAGEMENT_LISTEN_ADDR": f"127.0.0.1:{free_port()}"}  # fmt: skip
+               "MANAGEMENT_LISTEN_ADDR": f"127.0.0.1:{manage_port}"}  # fmt: skip
         if os.environ.get("UPSTREAM_OPENAI_API_KEY"):
             upstream = os.environ.get("UPSTREAM_OPENAI_BASE_URL", "https://api.openai.com/v1")
         else:
@@ -112,7 +120,9 @@ def services() -> Iterator[tuple[str, str, str, Path, Path]]:
         for port in (proxy_port, collector_port, dispatcher_port):
             wait_for_port(port)
         print(f"logs in {workdir}")
-        yield f"http://127.0.0.1:{proxy_port}", env["REDIS_URL"], upstream, ndjson, jsonl
+        metrics = [f"http://127.0.0.1:{port}/metrics"
+                   for port in (manage_port, collector_port, dispatcher_port)]  # fmt: skip
+        yield f"http://127.0.0.1:{proxy_port}", env["REDIS_URL"], upstream, ndjson, jsonl, metrics
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
