@@ -97,6 +97,15 @@ class ProxyMetrics:
         self.fallbacks: dict[str, list[int]] = {}
         self.refusals: dict[str, list[int]] = {}
         self._targets = _model_targets(table)
+        # The series whose label values are known now start at 0, so that rate() and alerts
+        # see them before the first increment.
+        for error_type in _REFUSALS:
+            self.refusals[error_type] = [0]
+        for entry, ids in self._targets.items():
+            self.fallbacks[entry] = [0]
+            for target in ids:
+                self.attempts[(target, "ok")] = [0]
+                self.attempts[(target, "error")] = [0]
         self._sources: _Sources | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Exporter(self))
