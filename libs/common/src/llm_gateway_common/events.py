@@ -16,6 +16,10 @@ Schema 2 (routing across providers) added `provider_name`, `upstream_model`, `at
 `gen_ai.provider.name` names it (`openai`, `azure.ai.openai`, `anthropic`), which is what schema
 1's `openai` already was. A schema 1 event decodes with the new fields at their defaults: no
 provider entry or upstream model known, no attempt recorded, no target failed.
+
+Schema 3 (traces) added `trace_id`: the W3C trace id (32 lowercase hex) of the request's span
+when the proxy traces, else of the client's own `traceparent` when it sent a valid one, else
+None. A schema 2 event decodes with it None.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Literal, get_args
 
 import msgspec
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # What this version produces. The event fields are `str`: never decode against these.
 Outcome = Literal["ok", "upstream_error", "gateway_error", "client_disconnected"]
@@ -43,6 +47,7 @@ class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False)
     schema_version: int = SCHEMA_VERSION
     request_id: str
     client_request_id: str | None = None
+    trace_id: str | None = None  # W3C trace id, 32 hex (schema 3)
     upstream_request_id: str | None = None
     tenant: str
     key_id: str | None = None

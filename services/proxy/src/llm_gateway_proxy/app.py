@@ -39,6 +39,7 @@ from llm_gateway_proxy.ratelimit import RateLimiter
 from llm_gateway_proxy.redisgate import RedisGate
 from llm_gateway_proxy.router import Router
 from llm_gateway_proxy.settings import ProxySettings
+from llm_gateway_proxy.tracing import start_tracing
 from llm_gateway_proxy.upstream import Upstream
 
 log = structlog.get_logger("llm_gateway.proxy")
@@ -100,10 +101,11 @@ def create_app(
         metrics.watch(publisher, gate, cooldowns, in_flight)
         runner = asyncio.create_task(publisher.run(), name="event-publisher")
         sharing = asyncio.create_task(cooldowns.run(), name="cooldown-sync")
+        tracing = start_tracing(settings.tracing)  # None unless OTEL_* turn it on
         settle_after_startup()
         try:
             gateway = Gateway(settings, router, publisher, access, stop_signal,
-                              metrics=metrics, log_output=log_output)  # fmt: skip
+                              metrics=metrics, log_output=log_output, tracing=tracing)  # fmt: skip
             yield {"gateway": gateway, "in_flight": in_flight}
         finally:
             stop_signal.set()
@@ -112,6 +114,8 @@ def create_app(
             await upstream.close()
             await gate.close()
             await redis.aclose()
+            if tracing is not None:  # the last spans out (bounded), off the event loop
+                await asyncio.to_thread(tracing.close)
 
     # Every `/v1/*` request goes to one handler, which resolves the (canonical) path itself:
     # a metered API, an allowed pass-through, or 404 (paths.py).

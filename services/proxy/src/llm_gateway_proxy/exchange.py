@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from llm_gateway_common.events import Outcome, UsageEvent, UsageSource
 from llm_gateway_proxy.keys import KeyRecord, Limits
+from llm_gateway_proxy.tracing import RequestTrace, client_trace_id
 from llm_gateway_proxy.usage import Usage, estimate_tokens
 
 REQUEST_ID_HEADER = "X-LLM-Request-ID"
@@ -56,6 +57,8 @@ class Exchange:
         "targets",
         "tenant",
         "tenant_limits",
+        "trace",
+        "trace_id",
         "ttfb",
         "upstream_called",
         "upstream_done",
@@ -94,7 +97,7 @@ class Exchange:
         self.upstream_started: float | None = None
         self.upstream_done: float | None = None
         self.metered = metered
-        tenant = x_tenant = client_request_id = None
+        tenant = x_tenant = client_request_id = traceparent = None
         for name, value in scope_headers:
             if name == b"x-llm-tenant":
                 tenant = value
@@ -102,11 +105,17 @@ class Exchange:
                 x_tenant = value
             elif name == b"x-request-id":
                 client_request_id = value
+            elif name == b"traceparent":
+                traceparent = value
         self.requested_tenant = _header_text(tenant or x_tenant)
         self.tenant = self.requested_tenant or "default"
         self.key: KeyRecord | None = None
         self.tenant_limits: Limits | None = None
         self.client_request_id = _header_text(client_request_id)
+        # The trace the event names: the server span's (tracing.py) when tracing is on, else
+        # the client's own, so that a bill line still leads to the client's trace.
+        self.trace: RequestTrace | None = None
+        self.trace_id = None if traceparent is None else client_trace_id(traceparent)
         self.upstream_request_id: str | None = None
         self.model: str | None = None
         self.response_model: str | None = None
@@ -200,6 +209,7 @@ class Exchange:
             event_id=self.event_id,
             request_id=self.request_id,
             client_request_id=self.client_request_id,
+            trace_id=self.trace_id,
             upstream_request_id=self.upstream_request_id,
             tenant=self.tenant,
             key_id=None if self.key is None else self.key.id,

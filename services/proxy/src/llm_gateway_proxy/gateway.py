@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 
+from llm_gateway_common.events import UsageEvent
 from llm_gateway_common.logs import LogOutput
 from llm_gateway_proxy.access import Access
 from llm_gateway_proxy.exchange import Exchange
@@ -17,6 +18,7 @@ from llm_gateway_proxy.metrics import ProxyMetrics
 from llm_gateway_proxy.ratelimit import RateLimiter
 from llm_gateway_proxy.router import Router
 from llm_gateway_proxy.settings import ProxySettings
+from llm_gateway_proxy.tracing import Tracing
 
 log = structlog.get_logger("llm_gateway.proxy")
 
@@ -32,6 +34,7 @@ class Gateway:
         *,
         metrics: ProxyMetrics,
         log_output: LogOutput | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -39,6 +42,7 @@ class Gateway:
         self.access = access
         self.stopping = stopping
         self.metrics = metrics
+        self.tracing = tracing  # None: tracing is off (tracing.py)
         self.ids = IdSource()
         # The per-request line goes straight to the log output when there is one (the service);
         # else (an app built in a test) through structlog, the same line either way.
@@ -52,8 +56,9 @@ class Gateway:
     def limiter(self) -> RateLimiter:
         return self.access.limiter
 
-    def record(self, exchange: Exchange) -> None:
-        """Meter one finished request and write its one log line. Never raises into the handler."""
+    def record(self, exchange: Exchange) -> UsageEvent:
+        """Meter one finished request and write its one log line; returns its event. Never
+        raises into the handler."""
         event = exchange.to_event(self.settings.metering_capture_bytes)
         key = exchange.key
         charges = (
@@ -67,6 +72,7 @@ class Gateway:
             "request",
             {
                 "request_id": event.request_id,
+                "trace_id": event.trace_id,
                 "tenant": event.tenant,
                 "key_id": event.key_id,
                 "endpoint": event.endpoint,
@@ -83,6 +89,7 @@ class Gateway:
                 "ttfb_ms": event.ttfb_ms,
             },
         )
+        return event
 
 
 def _structlog_info(event: str, fields: dict[str, Any]) -> None:

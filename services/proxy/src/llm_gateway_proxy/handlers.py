@@ -4,7 +4,8 @@ Every request reads top to bottom: resolve the path -> authenticate -> read the 
 validate -> authorize, route and admit -> forward (router.py: attempts, retries, fallbacks) ->
 relay (relay.py) -> meter.
 Whatever happens (bad input, upstream failure, client disconnect), the request produces exactly
-one usage event and one log line, in `__call__`'s `finally`.
+one usage event and one log line, in `__call__`'s `finally`, which also ends the request's span
+when tracing is on (tracing.py).
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class ProxyHandler:
             gateway.router.planner.default_provider,
             metered=target is not None and target.api is not None,
         )  # fmt: skip
+        if gateway.tracing is not None:
+            exchange.trace = gateway.tracing.request(scope["headers"], scope["method"], target)
+            exchange.trace_id = exchange.trace.trace_id
         downstream = Downstream(receive, send)
         try:
             await self._serve(gateway, scope, target, exchange, downstream)
@@ -80,7 +84,9 @@ class ProxyHandler:
             downstream.stop_watching()
             if exchange.outcome == "client_disconnected" and not downstream.started:
                 exchange.status = _CLIENT_CLOSED
-            gateway.record(exchange)
+            event = gateway.record(exchange)
+            if exchange.trace is not None:
+                exchange.trace.finish(event)
 
     async def _serve(
         self,

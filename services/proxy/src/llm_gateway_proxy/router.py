@@ -44,8 +44,10 @@ from llm_gateway_proxy.errors import (
 )
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.modelconfig import ModelTable, Routing
+from llm_gateway_proxy.providers.adapters import Outgoing
 from llm_gateway_proxy.providers.streamstart import Verdict
 from llm_gateway_proxy.routeplan import Choice, Plan, Planner, Step, route_header
+from llm_gateway_proxy.tracing import end_attempt
 from llm_gateway_proxy.upstream import Upstream, map_exceptions, read_body
 
 log = structlog.get_logger("llm_gateway.proxy")
@@ -266,11 +268,44 @@ class Router:
         budget = deadline - time.monotonic()
         if call.stream and adapter.first_token is not None:
             budget = min(budget, adapter.first_token)
+        trace = exchange.trace
+        if trace is None:
+            return await self._send(choice, call, plan, url=url, headers=headers,
+                                    outgoing=outgoing, answer_headers=answer_headers,
+                                    budget=budget)  # fmt: skip
+        span = trace.attempt(adapter, call.method, url, model or exchange.model, headers)
+        try:
+            answer = await self._send(choice, call, plan, url=url, headers=headers,
+                                      outgoing=outgoing, answer_headers=answer_headers,
+                                      budget=budget)  # fmt: skip
+        except _Failed as failed:
+            end_attempt(span, failed.reason, _status(failed.answer))
+            raise
+        except BaseException as exc:
+            end_attempt(span, _reason(exc), None)
+            raise
+        end_attempt(span, "ok", answer.response.status)
+        return answer
+
+    async def _send(
+        self,
+        choice: Choice,
+        call: Call,
+        plan: Plan,
+        *,
+        url: URL,
+        headers: dict[str, str],
+        outgoing: Outgoing,
+        answer_headers: list[tuple[bytes, bytes]],
+        budget: float,
+    ) -> Answer:
+        """One attempt's request, as the adapter made it, and what its answer says: an Answer,
+        or _Failed. `budget`: seconds before the first byte."""
         response: aiohttp.ClientResponse | None = None
         timer = _Deadline(budget)
         try:
             response = await self.upstream.send(
-                call.method, url, headers, outgoing.body, adapter.timeout
+                call.method, url, headers, outgoing.body, choice.adapter.timeout
             )
             answer = Answer(response, choice, b"", outgoing.strip_usage_chunk,
                             call.include_usage, answer_headers)  # fmt: skip
@@ -415,6 +450,19 @@ def _discard(answer: Answer | None) -> None:
 def _close(response: aiohttp.ClientResponse | None) -> None:
     if response is not None:
         response.close()
+
+
+def _status(answer: Answer | None) -> int | None:
+    return None if answer is None else answer.response.status
+
+
+def _reason(exc: BaseException) -> str:
+    """What ended an attempt that is not a failure to route around, as its span says it."""
+    if isinstance(exc, asyncio.CancelledError):
+        return "client_disconnected"
+    if isinstance(exc, GatewayError):
+        return exc.code or exc.type
+    return type(exc).__name__
 
 
 def _attempts(exchange: Exchange) -> tuple[bytes, bytes]:

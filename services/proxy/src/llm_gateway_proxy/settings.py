@@ -11,6 +11,7 @@ import msgspec
 from llm_gateway_common.config import ConfigError, Env
 from llm_gateway_common.streams import DEFAULT_REDIS_URL, DEFAULT_STREAM
 from llm_gateway_proxy.modelconfig import ModelTable, load_models_file
+from llm_gateway_proxy.tracing import TracingSettings
 
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
 # The OpenAI APIs forwarded untouched by default (PASSTHROUGH_PATHS; `*` is one path segment):
@@ -72,6 +73,7 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     # The checked MODELS_FILE (providers, public model names, routing); None: one `openai`
     # provider from UPSTREAM_OPENAI_*, every model passed through (modelconfig.single_provider).
     models: ModelTable | None = None
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)  # OTEL_*: off
 
     def __repr__(self) -> str:  # never print the upstream key or the management token
         return (
@@ -145,6 +147,7 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
             metrics_tenant_label=env.flag("METRICS_TENANT_LABEL", False),
             metrics_tenant_limit=env.integer("METRICS_TENANT_LIMIT", 100, minimum=1),
             client_read_timeout=env.number("CLIENT_READ_TIMEOUT", 60.0, minimum=0.001),
+            tracing=TracingSettings.from_env(env.environ),
         )
 
 
