@@ -24,6 +24,7 @@ from tests.support.events import ROUTED, make_event, produce
 from tests.support.postgres import LocalPostgres
 
 ROUTING_COLUMNS = ("provider_name", "upstream_model", "attempts", "failed_targets")
+TRACE_COLUMNS = ("trace_id",)  # schema 3
 
 
 @pytest.fixture
@@ -115,7 +116,8 @@ async def test_a_schema_1_ledger_is_upgraded_in_place(db: asyncpg.Connection,
 
 
 # The ledger as the schema 1 collector created it: every column nullable, no routing columns.
-SCHEMA_1 = [(name, sql_type) for name, sql_type in event_columns() if name not in ROUTING_COLUMNS]
+SCHEMA_1 = [(name, sql_type) for name, sql_type in event_columns()
+            if name not in ROUTING_COLUMNS + TRACE_COLUMNS]  # fmt: skip
 SCHEMA_1_COLUMNS = ", ".join(
     ["event_id text PRIMARY KEY", "ingested_at timestamptz NOT NULL DEFAULT now()"]
     + [f'"{name}" {sql_type}' for name, sql_type in SCHEMA_1 if name != "event_id"]
@@ -135,6 +137,33 @@ async def routing_of(db: asyncpg.Connection, event: UsageEvent) -> list[object]:
                             "WHERE event_id = $1", event.event_id)  # fmt: skip
     assert row is not None
     return list(row)
+
+
+async def test_a_schema_2_ledger_gets_the_trace_id_column(db: asyncpg.Connection,
+                                                          database_url: str) -> None:  # fmt: skip
+    schema = f"ledger_v2_{uuid.uuid4().hex[:8]}"
+    await db.execute(f"CREATE SCHEMA {schema}")
+    old = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        await migrate(old)
+        await old.execute('ALTER TABLE usage_events DROP COLUMN "trace_id"')  # as schema 2 left it
+        before = make_event(1)
+        await old.execute(*schema_1_insert(before))  # an older collector's row
+        await migrate(old)
+        column = await old.fetchrow(
+            "SELECT data_type, is_nullable FROM information_schema.columns WHERE "
+            "(table_schema, table_name, column_name) = ($1, 'usage_events', 'trace_id')",
+            schema,
+        )
+        assert column is not None and tuple(column) == ("text", "YES")
+        after = make_event(2, trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
+        await old.execute(insert_statement(), *column_arrays([after]))
+        rows = await old.fetch("SELECT event_id, trace_id FROM usage_events")
+        assert {r["event_id"]: r["trace_id"] for r in rows} == {
+            before.event_id: None, after.event_id: after.trace_id}  # fmt: skip
+    finally:
+        await old.close()
+        await db.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 async def test_usage_daily_view_and_indexes(

@@ -1,7 +1,8 @@
 """An older consumer meets a newer producer's event: values added to the open vocabularies
 (`outcome`, `usage_source`) and fields it does not know are read, stored and forwarded, never
 dead-lettered, and a new outcome is judged a failure only by the status the client got. And this
-version reads schema 1 events (before routing), and a schema 1 consumer reads its events."""
+version reads schema 1 events (before routing) and schema 2 events (before traces), and consumers
+of those schemas read its events."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from tests.dispatcher.conftest import DispatcherFactory, dead_letters
 from tests.support.events import ROUTED, make_event, produce
 
 ROUTING_FIELDS = ("provider_name", "upstream_model", "attempts", "failed_targets")  # schema 2
+TRACE_FIELDS = ("trace_id",)  # schema 3
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 def newer_event(index: int, **overrides: object) -> bytes:
@@ -49,7 +52,7 @@ def test_new_vocabulary_and_fields_decode() -> None:
 def test_a_schema_1_event_decodes_with_the_routing_fields_at_their_defaults() -> None:
     event = make_event(1)
     data = orjson.loads(encode_event(event))
-    for name in ROUTING_FIELDS:
+    for name in ROUTING_FIELDS + TRACE_FIELDS:
         del data[name]
     old = decode_event(orjson.dumps({**data, "schema_version": 1}))
     assert (old.provider_name, old.upstream_model, old.attempts, old.failed_targets) == (
@@ -68,14 +71,33 @@ def test_a_schema_1_consumer_decodes_a_routed_event() -> None:
     assert old.provider == "azure.ai.openai"
 
 
+def test_a_schema_2_event_decodes_without_a_trace_and_a_schema_2_consumer_reads_one() -> None:
+    traced = make_event(1, **ROUTED, trace_id=TRACE_ID)
+    data = orjson.loads(encode_event(traced))
+    assert data["trace_id"] == TRACE_ID
+    del data["trace_id"]
+    old = decode_event(orjson.dumps({**data, "schema_version": 2}))
+    assert old.trace_id is None
+    assert msgspec.structs.replace(old, schema_version=SCHEMA_VERSION, trace_id=TRACE_ID) == traced
+    seen_by_schema_2 = older_decoder("UsageEventV2", TRACE_FIELDS).decode(encode_event(traced))
+    for field in msgspec.structs.fields(seen_by_schema_2):
+        assert getattr(seen_by_schema_2, field.name) == getattr(traced, field.name), field.name
+
+
 def schema_1_decoder() -> msgspec.json.Decoder[msgspec.Struct]:
-    """How a consumer built before schema 2 decodes: `UsageEvent` without the routing fields."""
+    """How a consumer built before schema 2 decodes: `UsageEvent` without the routing fields
+    (nor the trace, which came after)."""
+    return older_decoder("UsageEventV1", ROUTING_FIELDS + TRACE_FIELDS)
+
+
+def older_decoder(name: str, missing: tuple[str, ...]) -> msgspec.json.Decoder[msgspec.Struct]:
+    """`UsageEvent` as a consumer built before `missing` were added decodes it."""
     fields = [
         (f.name, f.type) if f.required else (f.name, f.type, f.default)
         for f in msgspec.structs.fields(UsageEvent)
-        if f.name not in ROUTING_FIELDS
+        if f.name not in missing
     ]
-    shape = msgspec.defstruct("UsageEventV1", fields, kw_only=True, frozen=True)
+    shape = msgspec.defstruct(name, fields, kw_only=True, frozen=True)
     return msgspec.json.Decoder(shape)
 
 
