@@ -91,5 +91,11 @@ def test_the_collector_can_be_turned_off(render_chart: RenderChart) -> None:
     assert rendered.components() == ["proxy"]
 
 
-def test_the_collector_has_no_service(render_chart: RenderChart) -> None:
-    assert render_chart(MINIMAL).find("Service", "collector") == []
+def test_the_collectors_service_carries_only_its_operations_port(render_chart: RenderChart) -> None:
+    """A ClusterIP Service for Prometheus to find the pods' /metrics (and /live, /ready): nothing
+    else is served there."""
+    (service,) = render_chart(MINIMAL).find("Service", "collector")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8081, "targetPort": "http", "protocol": "TCP"}
+    ]

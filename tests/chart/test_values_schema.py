@@ -29,6 +29,7 @@ PASSED_THROUGH = {
     "/properties/proxy/properties/autoscaling/properties/behavior",
     "/properties/networkPolicy/properties/proxyIngressFrom/items",
     "/properties/networkPolicy/properties/managementIngressFrom/items",
+    "/properties/networkPolicy/properties/metricsIngressFrom/items",
 }
 
 
