@@ -21,7 +21,24 @@ help:  ## list the targets
 	$(UV) sync --frozen --python $(PYTHON) --quiet
 	@touch $@
 
-deps: .venv/.synced  ## install everything the gateway and its tests need
+# The validators of the Prometheus Operator's ServiceMonitor and PrometheusRule, generated from its
+# CRDs' openAPIV3Schema (npm @kubernetes-models/prometheus-operator), for
+# tests/chart/test_monitoring_crds.py. The tarball is pinned by checksum; npm checks the rest.
+CRD_MODELS := kubernetes-models-prometheus-operator-6.0.0.tgz
+CRD_MODELS_SHA256 := e92402ebff400ea1ca5fe60546554841ab6f5986b317f3f0d4cb756dc88fbd37
+CRD_VALIDATORS := .tools/crd-validators
+
+$(CRD_VALIDATORS)/.installed:
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
+	mkdir -p $(CRD_VALIDATORS)
+	cd $(CRD_VALIDATORS) && npm pack --silent --loglevel=error @kubernetes-models/prometheus-operator@6.0.0 >/dev/null
+	echo "$(CRD_MODELS_SHA256)  $(CRD_VALIDATORS)/$(CRD_MODELS)" | sha256sum --check --quiet
+	npm install --prefix $(CRD_VALIDATORS) --no-save --no-audit --no-fund --ignore-scripts \
+	  --loglevel=error $(CURDIR)/$(CRD_VALIDATORS)/$(CRD_MODELS)
+	@touch $@
+
+deps: .venv/.synced $(CRD_VALIDATORS)/.installed  ## install everything the gateway and its tests need
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || missing="$$missing prometheus"; \

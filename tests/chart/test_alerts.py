@@ -74,8 +74,8 @@ def test_every_alert_says_what_and_where_its_runbook_is(alert: dict[str, Any]) -
 
 def test_the_prometheus_rule_renders_the_rules_file(render_chart: RenderChart) -> None:
     assert render_chart(MINIMAL).of_kind("PrometheusRule") == []
-    values = merged(MINIMAL, {"metrics": {"prometheusRule": {"enabled": True,
-                                                             "labels": {"release": "kps"}}}})  # fmt: skip
+    rule_values = {"enabled": True, "labels": {"release": "kps"}}
+    values = merged(MINIMAL, {"metrics": {"prometheusRule": rule_values}})
     (rule,) = render_chart(values).of_kind("PrometheusRule")
     assert rule["metadata"]["name"] == "gw-llm-gateway"
     assert rule["metadata"]["labels"]["release"] == "kps"

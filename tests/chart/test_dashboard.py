@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
-from llm_gateway_common import metricnames as names
 
+from llm_gateway_common import metricnames as names
 from tests.chart.conftest import RenderChart
 from tests.chart.rendering import CHART_DIR, merged
 from tests.chart.scenarios import MINIMAL
@@ -139,9 +139,10 @@ def test_the_dashboard_shows_every_metric() -> None:
 def test_promtool_parses_every_query(tmp_path: Path) -> None:
     rules = []
     for index, expr in enumerate(DASHBOARD_EXPRS):
+        parsable = expr
         for variable, value in GRAFANA_VARIABLES.items():
-            expr = expr.replace(variable, value)
-        rules.append({"record": f"dashboard:query_{index}", "expr": expr})
+            parsable = parsable.replace(variable, value)
+        rules.append({"record": f"dashboard:query_{index}", "expr": parsable})
     path = tmp_path / "dashboard-queries.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     done = subprocess.run(["/usr/bin/promtool", "check", "rules", str(path)],
@@ -151,8 +152,8 @@ def test_promtool_parses_every_query(tmp_path: Path) -> None:
 
 def test_the_config_map_carries_the_dashboard(render_chart: RenderChart) -> None:
     assert render_chart(MINIMAL).find("ConfigMap", "dashboard") == []
-    values = merged(MINIMAL, {"metrics": {"dashboard": {"enabled": True,
-                                                        "annotations": {"grafana_folder": "LLM"}}}})  # fmt: skip
+    dashboard_values = {"enabled": True, "annotations": {"grafana_folder": "LLM"}}
+    values = merged(MINIMAL, {"metrics": {"dashboard": dashboard_values}})
     (config_map,) = [m for m in render_chart(values).of_kind("ConfigMap")
                      if m["metadata"]["name"] == "gw-llm-gateway-dashboard"]  # fmt: skip
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"

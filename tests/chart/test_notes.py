@@ -67,7 +67,8 @@ def test_an_ingress_gives_its_host(render_chart: RenderChart) -> None:
     with_management = merged(MINIMAL, INGRESS, {"ingress": {"management": {"enabled": True}}})
     notes = render_chart(with_management).notes
     assert "export MANAGEMENT_URL=${OPENAI_BASE_URL%/v1}" in notes
-    assert "gw-llm-gateway-management" not in notes
+    # Keys are managed through the Ingress; only /metrics is still read on the management Service.
+    assert "port-forward service/gw-llm-gateway-management 8090:" not in notes
 
 
 def test_a_load_balancer_gives_its_address(render_chart: RenderChart) -> None:

@@ -86,7 +86,9 @@ def test_values_reach_the_proxy_variables(render_chart: RenderChart) -> None:
         "redisTimeout": 0.5, "metering": {"streamMaxLen": 5000000, "queueSize": 1000,
                                           "batchSize": 50, "flushInterval": 0.01,
                                           "captureBytes": 4096},
-        "shutdownGraceSeconds": 120, "logLevel": "debug"},
+        "shutdownGraceSeconds": 120, "logLevel": "debug",
+        "metrics": {"tenantLabel": True, "tenantLimit": 20},
+        "tracing": {"enabled": True, "endpoint": "http://otel.obs:4318"}},
         "events": {"stream": "gw:usage"}})  # fmt: skip
     assert _config(render_chart(values)) == {
         "LISTEN_ADDR": "0.0.0.0:8080",
@@ -114,6 +116,12 @@ def test_values_reach_the_proxy_variables(render_chart: RenderChart) -> None:
         "KEY_CACHE_TTL": "2",
         "REQUEST_REDIS_TIMEOUT": "0.1",
         "RATE_LIMIT_FAIL_OPEN": "true",
+        "METRICS_TENANT_LABEL": "true",
+        "METRICS_TENANT_LIMIT": "20",
+        "OTEL_SDK_DISABLED": "false",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel.obs:4318",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
     }
 
 
