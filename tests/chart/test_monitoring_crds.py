@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 
 from tests.chart.conftest import RenderChart
@@ -174,3 +175,16 @@ def test_notes_say_where_the_metrics_are(render_chart: RenderChart) -> None:
     assert "dispatcher: service/gw-llm-gateway-dispatcher:8082/metrics" in notes
     assert "PrometheusRule gw-llm-gateway" in notes
     assert "Installed:" not in render_chart(MINIMAL).notes
+
+
+@pytest.mark.parametrize("version", ["1.25.0", "1.36.0"])
+def test_the_other_objects_are_valid_kubernetes_objects(
+    render_chart: RenderChart, version: str
+) -> None:
+    """The Services and the dashboard's ConfigMap, as test_kubernetes_schemas.py checks the rest
+    (its scenarios do not turn monitoring on)."""
+    values = merged(EVERY_SERVICE, {"networkPolicy": {"enabled": True, "metricsIngressFrom": [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]}})  # fmt: skip
+    for manifest in render_chart(values):
+        if manifest["apiVersion"] != "monitoring.coreos.com/v1":
+            kubernetes_validate.validate(manifest, version, strict=True)
