@@ -28,7 +28,7 @@ CRD_MODELS := kubernetes-models-prometheus-operator-6.0.0.tgz
 CRD_MODELS_SHA256 := e92402ebff400ea1ca5fe60546554841ab6f5986b317f3f0d4cb756dc88fbd37
 CRD_VALIDATORS := .tools/crd-validators
 
-$(CRD_VALIDATORS)/.installed:
+$(CRD_VALIDATORS)/$(CRD_MODELS).installed:
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
 	mkdir -p $(CRD_VALIDATORS)
@@ -38,7 +38,7 @@ $(CRD_VALIDATORS)/.installed:
 	  --loglevel=error $(CURDIR)/$(CRD_VALIDATORS)/$(CRD_MODELS)
 	@touch $@
 
-deps: .venv/.synced $(CRD_VALIDATORS)/.installed  ## install everything the gateway and its tests need
+deps: .venv/.synced $(CRD_VALIDATORS)/$(CRD_MODELS).installed  ## install everything the gateway and its tests need
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || missing="$$missing prometheus"; \

@@ -55,7 +55,8 @@ def _crd_errors(manifests: list[Manifest]) -> list[str]:
     """The CRD schema's complaint about each manifest, "" when it is valid."""
     node = shutil.which("node")
     assert node, "node is missing: `make deps` installs it"
-    assert (VALIDATORS / ".installed").exists(), "run `make deps` (.tools/crd-validators)"
+    installed = VALIDATORS / "node_modules" / "@kubernetes-models" / "prometheus-operator"
+    assert installed.is_dir(), "run `make deps` (it installs .tools/crd-validators)"
     done = subprocess.run(
         [node, "--input-type=module", "--eval", VALIDATE],
         input=json.dumps([[m["kind"], m] for m in manifests]),
