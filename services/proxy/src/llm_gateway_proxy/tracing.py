@@ -18,6 +18,7 @@ event then names the client's trace (its own `traceparent` is forwarded as it al
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -58,7 +59,9 @@ _OPERATIONS = {
     "/v1/embeddings": "embeddings",
     "/v1/responses": "chat",
 }
-_HEX = frozenset("0123456789abcdef")
+# A later version may append fields after a dash; version 00 has none.
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(?:-.*)?", re.S)
+_NO_TRACE, _NO_SPAN = b"0" * 32, b"0" * 16
 
 
 class TracingSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -247,17 +250,15 @@ def end_attempt(span: Span, result: str, status: int | None) -> None:
 
 def client_trace_id(traceparent: bytes) -> str | None:
     """The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), else None."""
-    value = traceparent.decode("latin-1").strip()
-    if len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
+    match = _TRACEPARENT.fullmatch(traceparent)
+    if match is None:
         return None
-    version, trace_id, parent_id = value[:2], value[3:35], value[36:52]
-    if not _HEX.issuperset(value[:2] + trace_id + parent_id + value[53:55]) or version == "ff":
+    version, trace_id, parent_id = match.groups()
+    if version == b"ff" or (version == b"00" and len(traceparent) != 55):
         return None
-    if (version == "00" and len(value) != 55) or (len(value) > 55 and value[55] != "-"):
+    if trace_id == _NO_TRACE or parent_id == _NO_SPAN:
         return None
-    if trace_id == "0" * 32 or parent_id == "0" * 16:
-        return None
-    return trace_id
+    return trace_id.decode()
 
 
 def _request_attributes(event: UsageEvent) -> dict[str, str | int]:
