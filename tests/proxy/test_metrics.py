@@ -45,7 +45,7 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
 
-def models_file(tmp_path: Path, upstream: str) -> str:
+def models_file(tmp_path: Path, upstream: str, cooldown_failures: int = 100) -> str:
     file: dict[str, Any] = {
         "providers": {
             "dead": {"type": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
@@ -55,7 +55,7 @@ def models_file(tmp_path: Path, upstream: str) -> str:
             "chat-main": {
                 "targets": [{"provider": "dead", "model": "gpt-4o-mini", "weight": 1000},
                             {"provider": "good", "model": "gpt-4o-mini"}],
-                "retries": 1, "cooldown": {"failures": 100, "seconds": 1},
+                "retries": 1, "cooldown": {"failures": cooldown_failures, "seconds": 60},
             },
             "open-*": {"targets": [{"provider": "good"}]},
         },
@@ -104,8 +104,9 @@ async def test_routed_requests_count_attempts_fallbacks_latency_and_tokens(
     assert value(samples, duration, **main, gen_ai_request_model="open-*", error_type="") == 1
     assert total(samples, duration, gen_ai_request_model="made-up-model") == 0
     tokens = "gen_ai_client_token_usage_sum"
+    prompts = sum(u["prompt_tokens"] for u in upstream.usages[:3])
     assert value(samples, tokens, **main, gen_ai_request_model="chat-main",
-                 gen_ai_token_type="input") == sum(u["prompt_tokens"] for u in upstream.usages[:3])  # fmt: skip
+                 gen_ai_token_type="input") == prompts  # fmt: skip
     assert value(samples, tokens, **main, gen_ai_request_model="chat-main",
                  gen_ai_token_type="output") > 0  # fmt: skip
     first_chunk = "gen_ai_client_operation_time_to_first_chunk_seconds_count"
@@ -130,11 +131,8 @@ async def test_a_target_cooling_down_is_shown_per_target_and_model(
     proxy_factory: ProxyFactory, upstream_server: FakeOpenAIServer,
     http: aiohttp.ClientSession, tmp_path: Path,
 ) -> None:  # fmt: skip
-    path = Path(models_file(tmp_path, upstream_server.base_url))
-    file = yaml.safe_load(path.read_text())
-    file["models"]["chat-main"]["cooldown"] = {"failures": 1, "seconds": 60}
-    path.write_text(yaml.safe_dump(file))
-    proxy = proxy_factory(MODELS_FILE=str(path), GOOD_KEY=UPSTREAM_KEY)
+    path = models_file(tmp_path, upstream_server.base_url, cooldown_failures=1)
+    proxy = proxy_factory(MODELS_FILE=path, GOOD_KEY=UPSTREAM_KEY)
     assert await chat(http, proxy, "chat-main") == 200
     samples = await scrape(http, proxy)
     assert value(samples, "llm_gateway_target_cooling_down", target="dead/gpt-4o-mini") == 1
