@@ -78,8 +78,9 @@ async def test_routed_requests_count_attempts_fallbacks_latency_and_tokens(
     proxy_factory: ProxyFactory, upstream: FakeOpenAI, upstream_server: FakeOpenAIServer,
     http: aiohttp.ClientSession, tmp_path: Path,
 ) -> None:  # fmt: skip
-    proxy = proxy_factory(MODELS_FILE=models_file(tmp_path, upstream_server.base_url),
-                          GOOD_KEY=UPSTREAM_KEY)
+    proxy = proxy_factory(
+        MODELS_FILE=models_file(tmp_path, upstream_server.base_url), GOOD_KEY=UPSTREAM_KEY
+    )
     for _ in range(3):
         assert await chat(http, proxy, "chat-main") == 200
     assert await chat(http, proxy, "open-mini", stream=True) == 200
