@@ -38,6 +38,7 @@ from llm_gateway_proxy.tracing import (
     end_attempt,
     start_tracing,
 )
+from tests.conftest import ProxyFactory
 from tests.support.events import event_for, make_event
 from tests.support.services import ProxyProcess
 
@@ -431,3 +432,37 @@ async def test_with_tracing_off_the_clients_trace_passes_through(
     assert (await event_for(redis, request_id)).trace_id is None
     line = await log_line(proxy, request_id)
     assert line["trace_id"] is None
+
+
+class _Stuck(InMemorySpanExporter):
+    """A collector that never answers: every export hangs."""
+
+    def export(self, spans: Any) -> Any:
+        time.sleep(60)
+        return super().export(spans)
+
+
+def test_closing_is_bounded_when_the_collector_hangs() -> None:
+    tracing = start_tracing(TracingSettings(), exporter=_Stuck())
+    assert tracing is not None
+    tracing.request([], "GET", None).finish(make_event(1))
+    started = time.monotonic()
+    tracing.close()
+    assert time.monotonic() - started < 7
+
+
+async def test_spans_still_queued_go_out_at_shutdown(
+    receiver: str, proxy_factory: ProxyFactory, upstream: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    # A batch delay of ten minutes: nothing is exported before the proxy exits.
+    proxy = proxy_factory(OTEL_EXPORTER_OTLP_ENDPOINT=receiver, OTEL_BSP_SCHEDULE_DELAY="600000")
+    request_id = await chat(http, proxy, "gpt-4o-mini", {})
+    await asyncio.sleep(0.2)
+    assert not spans_of_request(request_id)
+    assert await asyncio.to_thread(proxy.terminate) == 0
+    (server,) = spans_of_request(request_id)
+    assert server["name"] == "chat gpt-4o-mini"
+
+
+def spans_of_request(request_id: str) -> list[dict[str, Any]]:
+    return [s for s in exported() if s["attributes"].get("llm_gateway.request_id") == request_id]

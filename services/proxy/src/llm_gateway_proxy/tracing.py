@@ -19,6 +19,7 @@ event then names the client's trace (its own `traceparent` is forwarded as it al
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 DEFAULT_SERVICE_NAME = "llm-gateway-proxy"
 _SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
              "parentbased_always_off", "parentbased_traceidratio")  # fmt: skip
-_FLUSH_MILLIS = 5000  # at exit: what the batch holds gets this long to go out
+_CLOSE_SECONDS = 5.0  # at exit: what the batch holds gets this long to go out
 # gen_ai.operation.name of each metered API (the Responses API is a chat, as peers name it).
 _OPERATIONS = {
     "/v1/chat/completions": "chat",
@@ -180,9 +181,15 @@ class Tracing:
         return RequestTrace(self, span, operation)
 
     def close(self) -> None:
-        """Flush what the batch holds (bounded) and stop its thread. Blocking: run it off the
-        event loop."""
-        self._provider.force_flush(_FLUSH_MILLIS)
+        """Flush what the batch holds and stop its thread, for `_CLOSE_SECONDS` at most (an
+        export stuck on a collector that does not answer is left to its daemon thread).
+        Blocking: run it off the event loop."""
+        closing = threading.Thread(target=self._shut_down, name="otel-close", daemon=True)
+        closing.start()
+        closing.join(_CLOSE_SECONDS)
+
+    def _shut_down(self) -> None:
+        self._provider.force_flush(int(_CLOSE_SECONDS * 1000))
         self._provider.shutdown()
 
 
