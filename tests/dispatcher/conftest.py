@@ -10,15 +10,10 @@ import redis.asyncio as aioredis
 from llm_gateway_fakes.helicone import LOG_PATH, FakeHelicone
 from llm_gateway_fakes.lunary import INGEST_PATH, FakeLunary
 from llm_gateway_fakes.threaded import ThreadedServer
-from tests.support.services import ServiceProcess
+from tests.support.services import DispatcherProcess
 
 LUNARY_KEY = "5d0f3c9e-7c1a-4c55-9a53-2b1e6f4d8a10"  # a project public key is a UUID
 HELICONE_KEY = "sk-helicone-test-4f8b2c61d0e9a7b3"
-
-
-class DispatcherProcess(ServiceProcess):
-    def __init__(self, env: dict[str, str]) -> None:
-        super().__init__("llm-gateway-dispatcher", env, listen_var="DISPATCHER_LISTEN_ADDR")
 
 
 DispatcherFactory = Callable[..., DispatcherProcess]

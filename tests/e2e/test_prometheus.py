@@ -115,7 +115,7 @@ async def pipeline(
             }
 
         await until(all_delivered, "every event written by the collector and the dispatcher",
-                    timeout=20)  # fmt: skip
+                    deadline=20)  # fmt: skip
         await asyncio.sleep(2.5)  # two more scrapes: the last rates and the lag at rest
         yield Pipeline(prometheus, proxy, sent)
     finally:

@@ -10,7 +10,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -29,6 +29,7 @@ class LocalPrometheus:
         self.targets = targets
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -45,7 +46,7 @@ class LocalPrometheus:
         }  # fmt: skip
         path = self.workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
-        log = (self.workdir / "prometheus.log").open("wb")
+        self.log = log = (self.workdir / "prometheus.log").open("wb")
         self.process = subprocess.Popen(
             [self.binary, f"--config.file={path}",
              f"--storage.tsdb.path={self.workdir / 'data'}",
@@ -60,6 +61,7 @@ class LocalPrometheus:
                         return self
             except OSError:
                 time.sleep(0.1)
+        self.stop()
         log_text = (self.workdir / "prometheus.log").read_text()
         raise RuntimeError(f"prometheus did not start: {log_text}")
 
@@ -71,6 +73,10 @@ class LocalPrometheus:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+            self.process = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query's result (a vector's samples); raises on a query Prometheus

@@ -102,3 +102,8 @@ class ProxyProcess(ServiceProcess):
 class CollectorProcess(ServiceProcess):
     def __init__(self, env: dict[str, str]) -> None:
         super().__init__("llm-gateway-collector", env, listen_var="COLLECTOR_LISTEN_ADDR")
+
+
+class DispatcherProcess(ServiceProcess):
+    def __init__(self, env: dict[str, str]) -> None:
+        super().__init__("llm-gateway-dispatcher", env, listen_var="DISPATCHER_LISTEN_ADDR")
