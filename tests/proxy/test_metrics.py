@@ -10,39 +10,21 @@ from typing import Any
 import aiohttp
 import msgspec
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from llm_gateway_fakes.localnet import free_port
 from llm_gateway_fakes.openai import FakeOpenAI, FakeOpenAIServer
 from llm_gateway_proxy.keys import Limits, new_key
 from tests.conftest import UPSTREAM_KEY, ProxyFactory
 from tests.proxy.test_access import record
+from tests.support.metrics import Samples, total, value
+from tests.support.metrics import scrape as scrape_url
 from tests.support.services import ProxyProcess
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 MESSAGES = [{"role": "user", "content": "one two three"}]
 
 
 async def scrape(http: aiohttp.ClientSession, proxy: ProxyProcess) -> Samples:
-    async with http.get(f"{proxy.manage_url}/metrics") as response:
-        assert response.status == 200
-        assert response.headers["content-type"].startswith("text/plain; version=")
-        text = await response.text()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum over every series of `name` whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+    return await scrape_url(http, proxy.manage_url)
 
 
 def models_file(tmp_path: Path, upstream: str, cooldown_failures: int = 100) -> str:

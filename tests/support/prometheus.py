@@ -58,9 +58,18 @@ class LocalPrometheus:
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
                     if response.status == 200:
-                        return self
+                        break
             except OSError:
                 time.sleep(0.1)
+        # Ready is not scraping: the scrape manager takes its targets on a ~5 s tick. Wait for a
+        # first scrape of every job (up or not), so that what a test sends next is seen.
+        while time.monotonic() < deadline:
+            try:
+                if set(self.targets_up()) == set(self.targets):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
         self.stop()
         log_text = (self.workdir / "prometheus.log").read_text()
         raise RuntimeError(f"prometheus did not start: {log_text}")

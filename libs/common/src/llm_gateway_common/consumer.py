@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
+from llm_gateway_common.consumer_metrics import ConsumerMetrics
 from llm_gateway_common.events import UsageEvent
 from llm_gateway_common.streams import dead_letter_stream, event_from_fields
 
@@ -42,10 +43,13 @@ class Delivery(NamedTuple):
 class RetryLater(Exception):
     """The sink cannot take this batch now (down, slow, rate-limited); keep it and retry."""
 
-    def __init__(self, reason: str, *, after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, *, after: float | None = None, events: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.after = after
+        self.events = events  # how many of the batch's events wait for the retry (None: all)
 
 
 # A sink's answer: the entries it refuses for good, by entry id, with the reason.
@@ -85,9 +89,11 @@ class ConsumerStats:
 
 class StreamConsumer:
     def __init__(
-        self, redis: aioredis.Redis, settings: ConsumerSettings, handler: Handler, *, name: str
-    ) -> None:
+        self, redis: aioredis.Redis, settings: ConsumerSettings, handler: Handler, *, name: str,
+        metrics: ConsumerMetrics | None = None,
+    ) -> None:  # fmt: skip
         self._redis = redis
+        self._metrics = metrics
         self._settings = settings
         self._handler = handler
         self._dlq = dead_letter_stream(settings.stream)
@@ -197,6 +203,9 @@ class StreamConsumer:
     async def _process(
         self, entries: Sequence[tuple[str, dict[bytes, bytes]]], stop: asyncio.Event
     ) -> None:
+        started = time.monotonic()
+        if self._metrics is not None:
+            self._metrics.consumed(len(entries))
         deliveries: list[Delivery] = []
         dead: dict[str, str] = {}
         for entry_id, fields in entries:
@@ -213,6 +222,10 @@ class StreamConsumer:
         self.stats.batches += 1
         self.stats.delivered += len(ids) - len(dead)
         self.stats.dead_lettered += len(dead)
+        if self._metrics is not None:
+            seconds = time.monotonic() - started
+            self._metrics.batch(written=len(ids) - len(dead), dead_lettered=len(dead),
+                                seconds=seconds)  # fmt: skip
         if dead:
             self._log.warning("entries_dead_lettered", count=len(dead), dlq=self._dlq,
                               reason=next(iter(dead.values())))  # fmt: skip
@@ -228,6 +241,8 @@ class StreamConsumer:
                 refused = await self._handler(deliveries)
             except RetryLater as exc:
                 self.stats.retries += 1
+                if self._metrics is not None:
+                    self._metrics.retried(exc.events if exc.events is not None else len(deliveries))
                 self.stats.last_error = exc.reason
                 if self.stats.sink_healthy:
                     self._log.warning("sink_unavailable", reason=exc.reason, batch=len(deliveries))

@@ -8,6 +8,7 @@ import signal
 from typing import Protocol
 
 from llm_gateway_common.consumer import ConsumerSettings, Handler, StreamConsumer
+from llm_gateway_common.consumer_metrics import ConsumerMetrics
 from llm_gateway_common.heap import settle_after_startup
 from llm_gateway_common.probes import start_probes
 from llm_gateway_common.streams import connect_redis
@@ -22,6 +23,7 @@ class ServiceSink(Protocol):
 async def serve_consumer(
     *,
     sink: ServiceSink,
+    sink_kind: str,
     handler: Handler,
     consumer: ConsumerSettings,
     redis_url: str,
@@ -37,8 +39,10 @@ async def serve_consumer(
         loop.add_signal_handler(sig, stop.set)
     await sink.start()
     redis = connect_redis(redis_url, timeout=redis_timeout)
-    stream_consumer = StreamConsumer(redis, consumer, handler, name=logger_name)
-    probes = await start_probes(listen[0], listen[1], redis, sink.ready, redis_timeout)
+    metrics = ConsumerMetrics(stream=consumer.stream, group=consumer.group, sink=sink_kind)
+    stream_consumer = StreamConsumer(redis, consumer, handler, name=logger_name, metrics=metrics)
+    probes = await start_probes(listen[0], listen[1], redis, sink.ready, redis_timeout,
+                                metrics=metrics)  # fmt: skip
     settle_after_startup()
     try:
         await stream_consumer.run(stop)

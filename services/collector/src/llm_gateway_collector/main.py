@@ -46,6 +46,7 @@ async def run(settings: CollectorSettings) -> None:
     sink = make_sink(settings)
     await serve_consumer(
         sink=sink,
+        sink_kind=settings.sink,
         handler=sink.write,
         consumer=ConsumerSettings(
             stream=settings.events_stream, group=settings.group, consumer=settings.consumer,

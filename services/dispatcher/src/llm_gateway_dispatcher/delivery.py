@@ -68,7 +68,8 @@ class DeliveryHandler:
             if retry:
                 self._failed_rounds += 1
                 wait = self._backoff.delay(self._failed_rounds, _hint(retry))
-                raise RetryLater(_summary(self._sink.name, retry, len(unsettled)), after=wait)
+                raise RetryLater(_summary(self._sink.name, retry, len(unsettled)), after=wait,
+                                 events=len(retry))  # fmt: skip
         dead = {
             d.entry_id: reason
             for d in deliveries

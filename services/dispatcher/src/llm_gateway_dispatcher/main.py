@@ -53,6 +53,7 @@ async def run(settings: DispatcherSettings) -> None:
     structlog.get_logger(LOGGER).info("dispatcher_starting", settings=repr(settings))
     await serve_consumer(
         sink=sink,
+        sink_kind=settings.sink,
         handler=handler,
         consumer=ConsumerSettings(
             stream=settings.events_stream, group=settings.group, consumer=settings.consumer,
