@@ -84,4 +84,34 @@ def test_chained_calls_on_real_keys_conform(target: str) -> None:
 
         Scenarios.run(settings=settings(max_examples=15, stateful_step_count=6,
                                         **BOUNDED))  # type: ignore[arg-type]  # fmt: skip
-    assert {("GET /keys/{key_id}", 200), ("POST /keys/{key_id}/rotate", 200)} <= answered
+    # Which links a run follows depends on what the server answered before (keys left by other
+    # tests), so only "some call on a created key succeeded" is certain; every operation on a
+    # real key is checked by the chain below.
+    assert any(status == 200 and "{key_id}" in label for label, status in answered), answered
+
+
+@pytest.mark.timeout(60)
+def test_every_operation_on_a_real_key_conforms(target: str) -> None:
+    """One key taken through every operation in order, each answer validated against the
+    document: create, get, patch, usage, rotate, revoke."""
+    schema = schemathesis.openapi.from_url(f"{target}/manage/openapi.json", headers=AUTH,
+                                           timeout=10)  # fmt: skip
+
+    def call(label: str, expected: int, **parts: object) -> dict[str, object]:
+        method, path = label.split(" ", 1)
+        case = schema[path][method].Case(headers=AUTH, **parts)
+        response = case.call(base_url=f"{target}/manage", timeout=10)
+        case.validate_response(response, checks=CHECKS, headers=AUTH)
+        assert response.status_code == expected, (label, response.text)
+        answer: dict[str, object] = response.json()
+        return answer
+
+    created = call("POST /keys", 201, body={"name": "chain", "tenant": "fuzz-chain"},
+                   media_type="application/json")  # fmt: skip
+    key = {"key_id": created["id"]}
+    call("GET /keys/{key_id}", 200, path_parameters=key)
+    call("PATCH /keys/{key_id}", 200, path_parameters=key, body={"name": "chain 2"},
+         media_type="application/json")  # fmt: skip
+    call("GET /usage/keys/{key_id}", 200, path_parameters=key)
+    rotated = call("POST /keys/{key_id}/rotate", 200, path_parameters=key)
+    call("POST /keys/{key_id}/revoke", 200, path_parameters={"key_id": rotated["id"]})
