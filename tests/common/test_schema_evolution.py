@@ -7,6 +7,7 @@ of those schemas read its events."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -25,6 +26,7 @@ from tests.support.events import ROUTED, make_event, produce
 
 ROUTING_FIELDS = ("provider_name", "upstream_model", "attempts", "failed_targets")  # schema 2
 TRACE_FIELDS = ("trace_id",)  # schema 3
+COST_FIELDS = ("cache_write_tokens", "cost_usd", "price_source")  # schema 4
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
@@ -79,7 +81,9 @@ def test_a_schema_2_event_decodes_without_a_trace_and_a_schema_2_consumer_reads_
     old = decode_event(orjson.dumps({**data, "schema_version": 2}))
     assert old.trace_id is None
     assert msgspec.structs.replace(old, schema_version=SCHEMA_VERSION, trace_id=TRACE_ID) == traced
-    seen_by_schema_2 = older_decoder("UsageEventV2", TRACE_FIELDS).decode(encode_event(traced))
+    seen_by_schema_2 = older_decoder("UsageEventV2", TRACE_FIELDS + COST_FIELDS).decode(
+        encode_event(traced)
+    )
     for field in msgspec.structs.fields(seen_by_schema_2):
         assert getattr(seen_by_schema_2, field.name) == getattr(traced, field.name), field.name
 
@@ -87,7 +91,7 @@ def test_a_schema_2_event_decodes_without_a_trace_and_a_schema_2_consumer_reads_
 def schema_1_decoder() -> msgspec.json.Decoder[msgspec.Struct]:
     """How a consumer built before schema 2 decodes: `UsageEvent` without the routing fields
     (nor the trace, which came after)."""
-    return older_decoder("UsageEventV1", ROUTING_FIELDS + TRACE_FIELDS)
+    return older_decoder("UsageEventV1", ROUTING_FIELDS + TRACE_FIELDS + COST_FIELDS)
 
 
 def older_decoder(name: str, missing: tuple[str, ...]) -> msgspec.json.Decoder[msgspec.Struct]:
@@ -189,3 +193,18 @@ async def test_dispatcher_forwards_newer_events(
     forwarded = [decode_event(line) for line in lines(path)]
     assert [e.outcome for e in forwarded] == ["ok", "fallback", "shed"]
     assert forwarded[1] == decode_event(written[1])  # all that this version knows, unchanged
+
+
+def test_a_schema_3_event_decodes_unpriced_and_a_schema_3_consumer_reads_a_priced_one() -> None:
+    priced = make_event(1, **ROUTED, cache_write_tokens=4, cost_usd=Decimal("0.000123456789"),
+                        price_source="genai-prices 0.2.3")  # fmt: skip
+    data = orjson.loads(encode_event(priced))
+    assert encode_event(priced).count(b'"cost_usd":0.000123456789') == 1  # a number, exact
+    for name in COST_FIELDS:
+        del data[name]
+    old = decode_event(orjson.dumps({**data, "schema_version": 3}))
+    assert (old.cache_write_tokens, old.cost_usd, old.price_source) == (0, None, "none")
+    assert decode_event(encode_event(priced)) == priced
+    seen_by_schema_3 = older_decoder("UsageEventV3", COST_FIELDS).decode(encode_event(priced))
+    for field in msgspec.structs.fields(seen_by_schema_3):
+        assert getattr(seen_by_schema_3, field.name) == getattr(priced, field.name), field.name

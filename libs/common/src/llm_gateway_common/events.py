@@ -20,16 +20,24 @@ provider entry or upstream model known, no attempt recorded, no target failed.
 Schema 3 (traces) added `trace_id`: the W3C trace id (32 lowercase hex) of the request's span
 when the proxy traces, else of the client's own `traceparent` when it sent a valid one, else
 None. A schema 2 event decodes with it None.
+
+Schema 4 (cost) added `cache_write_tokens` (prompt tokens written to a provider's prompt cache:
+Anthropic's cache creation, Bedrock's cache writes; part of `prompt_tokens`, as `cached_tokens`,
+the cache reads, are), `cost_usd` (the request's price in US dollars, a JSON number carried as a
+`Decimal` so that it is exact; None when no price is known, never a guess) and `price_source`
+(`genai-prices <version>`, `override` for a PRICES_FILE entry, `none`). A schema 3 event decodes
+unpriced: no cache writes, cost None, source `none`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Literal, get_args
 
 import msgspec
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # What this version produces. The event fields are `str`: never decode against these.
 Outcome = Literal["ok", "upstream_error", "gateway_error", "client_disconnected"]
@@ -70,6 +78,9 @@ class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False)
     total_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0  # schema 4: part of prompt_tokens, like cached_tokens
+    cost_usd: Decimal | None = None  # schema 4: exact; None when no price is known
+    price_source: str = "none"  # schema 4: "genai-prices <version>" | "override" | "none"
     usage_source: str = "none"  # open vocabulary: KNOWN_USAGE_SOURCES, and newer ones
     started_at: datetime
     finished_at: datetime
@@ -91,7 +102,7 @@ class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False)
         return self.status_code >= 400
 
 
-_encoder = msgspec.json.Encoder()
+_encoder = msgspec.json.Encoder(decimal_format="number")  # cost_usd a JSON number, exact
 _decoder = msgspec.json.Decoder(UsageEvent)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import types
 import typing
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 import asyncpg
@@ -28,14 +29,15 @@ TABLE = "usage_events"
 _MIGRATION_LOCK = 0x11_6A7E_0001  # pg_advisory_xact_lock key owned by this schema
 _SQL_TYPES: dict[Any, str] = {
     str: "text", int: "bigint", float: "double precision", bool: "boolean",
-    datetime: "timestamptz", tuple[str, ...]: "text[]",
+    datetime: "timestamptz", tuple[str, ...]: "text[]", Decimal: "numeric",
 }  # fmt: skip
 # Columns added to ledgers that already had rows, for which the event's default is also true of
 # those rows (an old event decodes to it: no attempt recorded, no target failed): NOT NULL with
 # that default, so queries need no coalesce, and a collector of the previous version, still
 # inserting during a rolling upgrade, fills them too. Postgres adds such a column without
 # rewriting the table. The columns of schema 1 stay as they were created, nullable.
-_NOT_NULL_DEFAULTS: dict[str, str] = {"attempts": "0", "failed_targets": "'{}'"}
+_NOT_NULL_DEFAULTS: dict[str, str] = {"attempts": "0", "failed_targets": "'{}'",
+                                      "cache_write_tokens": "0", "price_source": "'none'"}  # fmt: skip
 _json_encoder = msgspec.json.Encoder()
 
 
