@@ -36,8 +36,9 @@ _SQL_TYPES: dict[Any, str] = {
 # that default, so queries need no coalesce, and a collector of the previous version, still
 # inserting during a rolling upgrade, fills them too. Postgres adds such a column without
 # rewriting the table. The columns of schema 1 stay as they were created, nullable.
-_NOT_NULL_DEFAULTS: dict[str, str] = {"attempts": "0", "failed_targets": "'{}'",
-                                      "cache_write_tokens": "0", "price_source": "'none'"}  # fmt: skip
+_NOT_NULL_DEFAULTS: dict[str, str] = {
+    "attempts": "0", "failed_targets": "'{}'", "cache_write_tokens": "0", "price_source": "'none'",
+}  # fmt: skip
 _json_encoder = msgspec.json.Encoder()
 
 
