@@ -305,7 +305,7 @@ def test_text_response_byte_for_byte() -> None:
         b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello","refusal":null},'
         b'"logprobs":null,"finish_reason":"stop"}],'
         b'"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,'
-        b'"prompt_tokens_details":{"cached_tokens":0}}}'
+        b'"prompt_tokens_details":{"cached_tokens":0,"cache_write_tokens":0}}}'
     )
 
 
@@ -334,7 +334,7 @@ def test_usage_with_cache_tokens_is_normalised() -> None:
         "prompt_tokens": 2110,
         "completion_tokens": 5,
         "total_tokens": 2115,
-        "prompt_tokens_details": {"cached_tokens": 2000},
+        "prompt_tokens_details": {"cached_tokens": 2000, "cache_write_tokens": 100},
     }
 
 
@@ -534,7 +534,7 @@ def test_streamed_text_with_include_usage_ends_with_the_usage_chunk() -> None:
         "prompt_tokens": 10,
         "completion_tokens": 4,  # message_delta's cumulative count replaces message_start's 1
         "total_tokens": 14,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
     }
 
 
@@ -562,7 +562,7 @@ def test_streamed_tool_calls_reassemble_with_openai_indexes_and_cache_usage() ->
         "prompt_tokens": 2110,
         "completion_tokens": 30,
         "total_tokens": 2140,
-        "prompt_tokens_details": {"cached_tokens": 2000},
+        "prompt_tokens_details": {"cached_tokens": 2000, "cache_write_tokens": 100},
     }
 
 
@@ -680,7 +680,7 @@ def test_the_gateways_meter_reads_the_translated_stream_and_its_errors() -> None
     tap = SSETap(strip_usage_chunk=True)
     output = translate(TOOL_STREAM, include_usage=True)
     relayed = tap.feed(output) + tap.flush()
-    assert tap.usage == Usage(prompt=2110, completion=30, total=2140, cached=2000)
+    assert tap.usage == Usage(prompt=2110, completion=30, total=2140, cached=2000, cache_write=100)
     frames = output.split(b"\n\n")  # [..., usage chunk, "data: [DONE]", ""]
     assert relayed == b"\n\n".join(frames[:-3] + frames[-2:])
     completion = orjson.loads(response_in(message([], cache_read_input_tokens=7), created=1))

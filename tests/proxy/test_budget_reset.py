@@ -60,7 +60,8 @@ def test_the_budget_period_is_the_one_the_minute_falls_in() -> None:
     """The counters of one request are all stamped from one instant: a minute before midnight
     is still that day (and month), whatever the clock says by the time the keys are built."""
     minute = int(at(2026, 12, 31, 23, 59).timestamp() // 60)
-    rpm, tpm, daily = _counter_keys("key:k1", Limits(budget_period="daily"), minute)
+    rpm, tpm, daily, spend = _counter_keys("key:k1", Limits(budget_period="daily"), minute)
+    assert spend == f"{PREFIX}key:k1:spend:20261231"
     assert (rpm, tpm) == (f"{PREFIX}key:k1:rpm:{minute}", f"{PREFIX}key:k1:tpm:{minute}")
     assert daily == f"{PREFIX}key:k1:budget:20261231"
     assert _counter_keys("key:k1", Limits(), minute)[2] == f"{PREFIX}key:k1:budget:202612"

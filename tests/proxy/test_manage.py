@@ -332,11 +332,14 @@ async def test_usage_of_a_key_and_of_a_tenant(
     assert status == 200
     assert usage == {"key_id": one["id"], "tenant": tenant, "requests_this_minute": 2,
                      "tokens_this_minute": 30, "budget_tokens_used": 30,
-                     "budget_period": "monthly"}  # fmt: skip
+                     "budget_period": "monthly", "spend_usd": 0.0, "spend_nano_usd": 0,
+                     "budget_usd": 0.0, "budget_usd_remaining": None,
+                     "budget_soft_limit_reached": False}  # fmt: skip
     status, usage = await call(http, "GET", f"{url}/usage/tenants/{tenant}")
     assert status == 200
     assert usage["total"] == {"requests_this_minute": 3, "tokens_this_minute": 42,
-                              "budget_tokens_used": 42}  # fmt: skip
+                              "budget_tokens_used": 42, "spend_usd": 0.0,
+                              "spend_nano_usd": 0}  # fmt: skip
     assert {k["key_id"]: k["requests_this_minute"] for k in usage["keys"]} == {
         one["id"]: 2,
         two["id"]: 1,

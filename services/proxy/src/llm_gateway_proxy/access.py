@@ -14,6 +14,8 @@ tenant, or a sub-tenant below it (`team-a` may send `team-a/search`); anything e
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 
 from llm_gateway_proxy.errors import (
@@ -40,10 +42,14 @@ class AccessUnavailable(AuthUnavailable):
 
 
 class Access:
-    def __init__(self, keys: KeyStore, limiter: RateLimiter, *, enabled: bool) -> None:
+    def __init__(self, keys: KeyStore, limiter: RateLimiter, *, enabled: bool,
+                 on_soft_limit: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        """`on_soft_limit(scope)`: a request admitted past the key's or tenant's soft dollar
+        limit (the metric)."""
         self.keys = keys
         self.limiter = limiter
         self.enabled = enabled
+        self._on_soft_limit = on_soft_limit
         self._logged_outage = -1  # the breaker's `opened` count when we last logged
 
     @property
@@ -95,9 +101,16 @@ class Access:
         if verdict is None:
             return self._undecided(tenant_limits)
         if verdict.allowed:
+            if verdict.soft is not None and self._on_soft_limit is not None:
+                self._on_soft_limit(verdict.soft)
             return tenant_limits
         limits = verdict.limits or record.limits
         whose = "this API key" if verdict.scope == "key" else f"tenant '{record.tenant}'"
+        if verdict.limit == "spend":
+            raise BudgetExhausted(
+                f"The {limits.budget_period} budget of ${limits.budget_usd:g} of {whose} is "
+                "used up.", limit="spend", limit_value=0, reset_seconds=verdict.reset_seconds,
+            )  # fmt: skip
         if verdict.limit == "budget":
             raise BudgetExhausted(
                 f"The {limits.budget_period} token budget of {whose} is used up.",

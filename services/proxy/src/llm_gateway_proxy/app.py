@@ -35,6 +35,7 @@ from llm_gateway_proxy.metering import EventPublisher
 from llm_gateway_proxy.metrics import ProxyMetrics
 from llm_gateway_proxy.modelconfig import Timeouts, single_provider
 from llm_gateway_proxy.paths import CanonicalPaths, PathTable
+from llm_gateway_proxy.prices import PriceBook, priced_targets
 from llm_gateway_proxy.ratelimit import RateLimiter
 from llm_gateway_proxy.redisgate import RedisGate
 from llm_gateway_proxy.router import Router
@@ -86,30 +87,34 @@ def create_app(
         # One breaker for every request-path Redis call (key lookups and admission).
         gate = RedisGate(redis, timeout=settings.request_redis_timeout)
         await gate.warm(_WARM_CONNECTIONS, timeout=min(settings.redis_timeout, 1.0))
+        metrics = ProxyMetrics(table, tenant_label=settings.metrics_tenant_label,
+                               tenant_limit=settings.metrics_tenant_limit)  # fmt: skip
         access = Access(
             KeyStore(redis, cache_ttl=settings.key_cache_ttl, timeout=gate.timeout,
                      static=static_keys, gate=gate),
             RateLimiter(redis, timeout=gate.timeout, fail_open=settings.rate_limit_fail_open,
                         gate=gate),
-            enabled=settings.auth_mode == "keys",
+            enabled=settings.auth_mode == "keys", on_soft_limit=metrics.budget_soft_limit,
         )  # fmt: skip
         if not access.enabled:
             detail = "every client can use the upstream key: for local demos only"
             log.warning("authentication_disabled", auth_mode="none", detail=detail)
-        metrics = ProxyMetrics(table, tenant_label=settings.metrics_tenant_label,
-                               tenant_limit=settings.metrics_tenant_limit)  # fmt: skip
         metrics.watch(publisher, gate, cooldowns, in_flight)
+        prices = PriceBook(settings.prices)
+        await prices.prime(priced_targets(table))  # one child process, ~0.5 s, before serving
         runner = asyncio.create_task(publisher.run(), name="event-publisher")
         sharing = asyncio.create_task(cooldowns.run(), name="cooldown-sync")
         tracing = start_tracing(settings.tracing)  # None unless OTEL_* turn it on
+        gateway = Gateway(settings, router, publisher, access, stop_signal, metrics=metrics,
+                          prices=prices, log_output=log_output, tracing=tracing)  # fmt: skip
         settle_after_startup()
         try:
-            gateway = Gateway(settings, router, publisher, access, stop_signal,
-                              metrics=metrics, log_output=log_output, tracing=tracing)  # fmt: skip
             yield {"gateway": gateway, "in_flight": in_flight}
         finally:
             stop_signal.set()
             sharing.cancel()
+            await gateway.settle(timeout=settings.redis_timeout)  # events waiting for a price
+            await prices.close()
             await publisher.close(runner, grace=max(settings.redis_timeout * 3, 5.0))
             await upstream.close()
             await gate.close()

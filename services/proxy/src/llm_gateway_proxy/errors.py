@@ -144,6 +144,8 @@ class BudgetExhausted(RateLimited):
         """A total budget never resets (reset 0): no `Retry-After`, so SDKs do not retry in 1 s
         what can never succeed."""
         headers = super().headers()
+        if self.limit == "spend":  # a dollar budget: no token header says anything true of it
+            headers = [h for h in headers if h[0] == b"retry-after"]
         if self.reset_seconds > 0:
             return headers
         return [h for h in headers if h[0] not in (b"retry-after", b"x-ratelimit-reset-tokens")]

@@ -9,14 +9,17 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from llm_gateway_common.events import Outcome, UsageEvent, UsageSource
 from llm_gateway_proxy.keys import KeyRecord, Limits
+from llm_gateway_proxy.prices import NO_PRICE, Price
 from llm_gateway_proxy.tracing import RequestTrace, client_trace_id
 from llm_gateway_proxy.usage import Usage, estimate_tokens
 
 REQUEST_ID_HEADER = "X-LLM-Request-ID"
 MAX_HEADER_ID = 256
+_FREE = Decimal(0)
 _ESTIMABLE = frozenset({"ok", "client_disconnected"})
 _KEEP_BODY_BYTES = 64 * 1024
 
@@ -198,7 +201,14 @@ class Exchange:
         completion = self.completion_estimate or 0
         return Usage(prompt, completion, prompt + completion), "estimated"
 
-    def to_event(self, capture_bytes: int) -> UsageEvent:
+    def _cost(self, price: Price | None, usage: Usage) -> Decimal | None:
+        if price is not None:
+            return price.cost(usage)
+        return None if self.attempts else _FREE
+
+    def to_event(self, capture_bytes: int, price: Price | None = None) -> UsageEvent:
+        """The usage event; priced with `price` (None: no price known). A request that reached
+        no provider bought nothing: $0."""
         self.finished = finished = time.perf_counter()
         elapsed = finished - self.started
         usage, usage_source = self._settled_usage()
@@ -232,6 +242,9 @@ class Exchange:
             total_tokens=usage.total,
             cached_tokens=usage.cached,
             reasoning_tokens=usage.reasoning,
+            cache_write_tokens=usage.cache_write,
+            cost_usd=self._cost(price, usage),
+            price_source=NO_PRICE if price is None else price.source,
             usage_source=usage_source,
             started_at=datetime.fromtimestamp(self.started_at, UTC),
             finished_at=datetime.fromtimestamp(self.started_at + elapsed, UTC),

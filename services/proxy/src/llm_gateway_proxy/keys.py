@@ -28,6 +28,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     tokens_per_minute: int = 0
     budget_tokens: int = 0
     budget_period: BudgetPeriod = "monthly"
+    budget_usd: float = 0.0  # US dollars per budget period (a limit, never summed as a float)
+    budget_soft_limit_percent: float = 80.0  # of budget_usd: past it, reported and counted
 
 
 class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):

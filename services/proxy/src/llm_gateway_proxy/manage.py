@@ -170,6 +170,8 @@ async def tenant_usage(store: KeyStore, limiter: RateLimiter, tenant: str) -> Te
         requests_this_minute=sum(k.requests_this_minute for k in keys),
         tokens_this_minute=sum(k.tokens_this_minute for k in keys),
         budget_tokens_used=sum(k.budget_tokens_used for k in keys),
+        spend_usd=sum(k.spend_nano_usd for k in keys) / 1e9,
+        spend_nano_usd=sum(k.spend_nano_usd for k in keys),
     )
     return TenantUsage(tenant=tenant, total=total, keys=keys)
 

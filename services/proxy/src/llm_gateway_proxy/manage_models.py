@@ -28,6 +28,9 @@ ModelPattern = Annotated[str, Meta(min_length=1, max_length=200)]
 Models = Annotated[tuple[ModelPattern, ...], Meta(min_length=1, max_length=100)]
 Timestamp = Annotated[float, Meta(ge=0, le=MAX_TIMESTAMP)]
 Count = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
+# US dollars: up to $1e9 per period (as integer nano-dollars, still far inside Redis' int64).
+Dollars = Annotated[float, Meta(ge=0, le=1e9)]
+Percent = Annotated[float, Meta(ge=0, le=100)]
 Metadata = Annotated[
     dict[Annotated[str, Meta(min_length=1, max_length=64)], Annotated[str, Meta(max_length=512)]],
     Meta(max_length=50),
@@ -45,6 +48,8 @@ class LimitsSpec(_Body, frozen=True):
     tokens_per_minute: Count | UnsetType = UNSET
     budget_tokens: Count | UnsetType = UNSET
     budget_period: BudgetPeriod | UnsetType = UNSET
+    budget_usd: Dollars | UnsetType = UNSET
+    budget_soft_limit_percent: Percent | UnsetType = UNSET
 
     def applied_to(self, limits: Limits) -> Limits:
         changes = {name: value for name, value in msgspec.structs.asdict(self).items()
@@ -102,7 +107,10 @@ class KeyList(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class KeyUsage(msgspec.Struct, frozen=True, kw_only=True):
-    """What one key used: this UTC minute's requests and tokens, its budget period's tokens."""
+    """What one key used: this UTC minute's requests and tokens, its budget period's tokens and
+    spend. `spend_nano_usd` is exact (billionths of a dollar); `spend_usd` the same in dollars.
+    `budget_usd_remaining` and `budget_soft_limit_reached` only mean something with a
+    `budget_usd` (else null and false)."""
 
     key_id: str
     tenant: str
@@ -110,12 +118,19 @@ class KeyUsage(msgspec.Struct, frozen=True, kw_only=True):
     tokens_this_minute: int
     budget_tokens_used: int
     budget_period: BudgetPeriod
+    spend_usd: float = 0.0
+    spend_nano_usd: int = 0
+    budget_usd: float = 0.0
+    budget_usd_remaining: float | None = None
+    budget_soft_limit_reached: bool = False
 
 
 class UsageTotals(msgspec.Struct, frozen=True, kw_only=True):
     requests_this_minute: int = 0
     tokens_this_minute: int = 0
     budget_tokens_used: int = 0  # summed over keys, each in its own budget period
+    spend_usd: float = 0.0  # likewise
+    spend_nano_usd: int = 0
 
 
 class TenantUsage(msgspec.Struct, frozen=True, kw_only=True):

@@ -96,6 +96,7 @@ class ProxyMetrics:
         self.attempts: dict[Labels, list[int]] = {}
         self.fallbacks: dict[str, list[int]] = {}
         self.refusals: dict[str, list[int]] = {}
+        self.soft_limited: dict[str, list[int]] = {"key": [0], "tenant": [0]}
         self._targets = _model_targets(table)
         # The series whose label values are known now start at 0, so that rate() and alerts
         # see them before the first increment.
@@ -122,6 +123,10 @@ class ProxyMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def budget_soft_limit(self, scope: str) -> None:
+        """A request admitted while its key's (or tenant's) spend is past its soft limit."""
+        self.soft_limited[scope][0] += 1
 
     # --- one finished request -----------------------------------------------------------------
 
@@ -248,6 +253,10 @@ class ProxyMetrics:
         yield _counter(names.LIMIT_REFUSALS, "Requests refused by a rate limit or budget.",
                        [names.ERROR_TYPE],
                        (((e,), c) for e, c in self.refusals.items()))  # fmt: skip
+        yield _counter(names.BUDGET_SOFT_LIMIT, "Requests admitted while the key's or the "
+                       "tenant's spend is past its soft limit (budget_soft_limit_percent of "
+                       "budget_usd).", [names.SCOPE],
+                       (((s,), c) for s, c in self.soft_limited.items()))  # fmt: skip
 
 
 class _Sources:

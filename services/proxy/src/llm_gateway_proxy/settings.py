@@ -11,6 +11,7 @@ import msgspec
 from llm_gateway_common.config import ConfigError, Env
 from llm_gateway_common.streams import DEFAULT_REDIS_URL, DEFAULT_STREAM
 from llm_gateway_proxy.modelconfig import ModelTable, load_models_file
+from llm_gateway_proxy.prices import PriceOverride, load_prices_file
 from llm_gateway_proxy.tracing import TracingSettings
 
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
@@ -73,6 +74,8 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     # The checked MODELS_FILE (providers, public model names, routing); None: one `openai`
     # provider from UPSTREAM_OPENAI_*, every model passed through (modelconfig.single_provider).
     models: ModelTable | None = None
+    prices_file: str | None = None
+    prices: tuple[PriceOverride, ...] = ()  # PRICES_FILE's entries, first match wins (prices.py)
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)  # OTEL_*: off
 
     def __repr__(self) -> str:  # never print the upstream key or the management token
@@ -107,7 +110,10 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
                 "keys); set AUTH_MODE=none to run without authentication (local demos only)"
             )
         models_file = env.optional_text("MODELS_FILE")
+        prices_file = env.optional_text("PRICES_FILE")
         return cls(
+            prices_file=prices_file,
+            prices=() if prices_file is None else load_prices_file(prices_file),
             models_file=models_file,
             models=None if models_file is None else load_models_file(models_file, env.environ),
             listen_host=host,

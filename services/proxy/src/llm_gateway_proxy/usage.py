@@ -26,6 +26,7 @@ class Usage(NamedTuple):
     total: int = 0
     cached: int = 0
     reasoning: int = 0
+    cache_write: int = 0  # prompt tokens written to the provider's cache (part of `prompt`)
 
 
 def usage_from_payload(payload: Any) -> Usage | None:
@@ -37,6 +38,7 @@ def usage_from_payload(payload: Any) -> Usage | None:
         raw = payload["response"].get("usage")
     if not isinstance(raw, dict):
         return None
+    cache_write = 0
     if "input_tokens" in raw or "output_tokens" in raw:
         prompt = _int(raw.get("input_tokens"))
         completion = _int(raw.get("output_tokens"))
@@ -47,8 +49,10 @@ def usage_from_payload(payload: Any) -> Usage | None:
         completion = _int(raw.get("completion_tokens"))
         cached = _int(_detail(raw, "prompt_tokens_details", "cached_tokens"))
         reasoning = _int(_detail(raw, "completion_tokens_details", "reasoning_tokens"))
+        # Set by the Anthropic translation (providers/anthropic_response.py): cache creation.
+        cache_write = _int(_detail(raw, "prompt_tokens_details", "cache_write_tokens"))
     total = _int(raw.get("total_tokens")) or prompt + completion
-    return Usage(prompt, completion, total, cached, reasoning)
+    return Usage(prompt, completion, total, cached, reasoning, cache_write)
 
 
 def model_from_payload(payload: Any) -> str | None:

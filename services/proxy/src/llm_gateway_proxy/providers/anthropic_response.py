@@ -102,17 +102,16 @@ def finish_reason(stop_reason: str | None) -> str:
 def usage(anthropic_usage: Mapping[str, Any]) -> JSONObject:
     """OpenAI usage from Anthropic's, whose input_tokens EXCLUDE cache reads and writes."""
     cache_read = anthropic_usage.get("cache_read_input_tokens") or 0
-    prompt = (
-        (anthropic_usage.get("input_tokens") or 0)
-        + (anthropic_usage.get("cache_creation_input_tokens") or 0)
-        + cache_read
-    )
+    cache_write = anthropic_usage.get("cache_creation_input_tokens") or 0
+    prompt = (anthropic_usage.get("input_tokens") or 0) + cache_write + cache_read
     completion = anthropic_usage.get("output_tokens") or 0
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cache_read},
+        # cache_write_tokens: not OpenAI's, an addition (OpenAI clients ignore unknown fields)
+        # so that the cache writes, priced apart, reach the usage event.
+        "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": cache_write},
     }
 
 
