@@ -8,6 +8,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 
 import msgspec
 import pytest
@@ -16,6 +17,7 @@ import redis.asyncio as aioredis
 from llm_gateway_proxy import cli
 from llm_gateway_proxy.keys import hash_key
 from llm_gateway_proxy.keystore import KeyStore
+from llm_gateway_proxy.ratelimit import RateLimiter
 from tests.support.servers import free_port
 from tests.support.services import BIN
 
@@ -140,3 +142,30 @@ def test_the_console_script_runs_the_key_commands(redis_url: str) -> None:
     listed = subprocess.run([str(BIN / "llm-gateway-proxy"), "keys", "list", "--tenant", team],
                             env=env, capture_output=True, timeout=30, check=True)  # fmt: skip
     assert [k["id"] for k in msgspec.json.decode(listed.stdout)["data"]] == [created["id"]]
+
+
+async def test_dollar_budgets_and_spend_in_the_current_period(
+    keys: KeysCli, redis: aioredis.Redis
+) -> None:
+    team = tenant()
+    code, out, err = await keys("create", "--name", "team budget", "--tenant", team,
+                                "--budget-usd", "2000", "--soft-limit-percent", "75")  # fmt: skip
+    assert (code, err) == (0, "")
+    created = msgspec.json.decode(out)
+    assert created["limits"] == {"budget_usd": 2000.0, "budget_soft_limit_percent": 75.0}
+    store = KeyStore(redis, cache_ttl=0, timeout=2)
+    record = await store.get(created["id"])
+    assert record is not None
+    limiter = RateLimiter(redis, timeout=2, fail_open=False)
+    for charge in limiter.charges(record, None, 10, Decimal("1500.000000001")):
+        await redis.incrby(charge.key, charge.amount)
+    code, out, err = await keys("usage", created["id"])
+    assert (code, err) == (0, "")
+    usage = msgspec.json.decode(out)
+    assert (usage["spend_nano_usd"], usage["spend_usd"]) == (1_500_000_000_001, 1500.000000001)
+    assert usage["budget_usd_remaining"] == pytest.approx(499.999999999)
+    assert usage["budget_soft_limit_reached"] is True  # 75 % of $2,000 is $1,500
+    code, out, err = await keys("usage", "--tenant", team)
+    assert code == 0 and msgspec.json.decode(out)["total"]["spend_nano_usd"] == 1_500_000_000_001
+    code, _, err = await keys("create", "--name", "x", "--tenant", team, "--budget-usd", "-1")
+    assert code == 2 and "budget_usd" in err

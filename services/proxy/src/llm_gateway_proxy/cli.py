@@ -31,12 +31,15 @@ from llm_gateway_proxy.keystore import KeyStore
 from llm_gateway_proxy.manage import (
     create_key,
     get_key,
+    key_usage,
     list_keys,
     parse_body,
     revoke_key,
     rotate_key,
+    tenant_usage,
 )
 from llm_gateway_proxy.manage_models import CreateKey
+from llm_gateway_proxy.ratelimit import RateLimiter
 from llm_gateway_proxy.redisgate import RedisUnavailable
 
 PROG = "llm-gateway-proxy"
@@ -85,6 +88,13 @@ async def _run(args: argparse.Namespace, redis_url: str, timeout: float) -> Any:
             return (await get_key(store, args.id)).public()
         if args.command == "revoke":
             return (await revoke_key(store, args.id)).public()
+        if args.command == "usage":
+            limiter = RateLimiter(redis, timeout=timeout, fail_open=False, gate=store.gate)
+            if args.tenant:
+                return await tenant_usage(store, limiter, args.tenant)
+            if not args.id:
+                raise InvalidRequest("give a key id, or --tenant")
+            return await key_usage(limiter, await get_key(store, args.id))
         record, key = await rotate_key(store, args.id)
         return {**record.public(), "key": key}
     finally:
@@ -94,7 +104,9 @@ async def _run(args: argparse.Namespace, redis_url: str, timeout: float) -> Any:
 def _create_spec(args: argparse.Namespace) -> CreateKey:
     """The same validation as `POST /manage/keys`, on the same body."""
     given = {"requests_per_minute": args.rpm, "tokens_per_minute": args.tpm,
-             "budget_tokens": args.budget, "budget_period": args.budget_period}  # fmt: skip
+             "budget_tokens": args.budget, "budget_period": args.budget_period,
+             "budget_usd": args.budget_usd,
+             "budget_soft_limit_percent": args.soft_limit_percent}  # fmt: skip
     limits = {name: value for name, value in given.items() if value is not None}
     body: dict[str, Any] = {"name": args.name, "tenant": args.tenant, "limits": limits}
     if args.model:
@@ -122,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--tpm", type=int, help="tokens per minute (0: unlimited)")
     create.add_argument("--budget", type=int, help="tokens per budget period (0: unlimited)")
     create.add_argument("--budget-period", choices=["daily", "monthly", "total"])
+    create.add_argument("--budget-usd", type=float, metavar="USD",
+                        help="US dollars per budget period (0: unlimited)")  # fmt: skip
+    create.add_argument("--soft-limit-percent", type=float, metavar="P",
+                        help="of --budget-usd, past which usage says so (default 80)")  # fmt: skip
     create.add_argument("--expires-in-days", type=_positive, metavar="D")
 
     listing = commands.add_parser("list", help="list keys")
@@ -132,6 +148,10 @@ def _parser() -> argparse.ArgumentParser:
         ("rotate", "replace a key, keeping its id and settings (printed once)"),
     ):
         commands.add_parser(name, help=text).add_argument("id", help="the key id (key_...)")
+    usage = commands.add_parser("usage", help="a key's (or a tenant's) usage and spend in the "
+                                "current period")  # fmt: skip
+    usage.add_argument("id", nargs="?", help="the key id (key_...)")
+    usage.add_argument("--tenant", help="every key of this tenant, and their total")
     hashing = commands.add_parser("hash", help="the SHA-256 of a key, for KEYS_FILE")
     hashing.add_argument("key", nargs="?", help="the key (default: read a line from stdin)")
     return parser

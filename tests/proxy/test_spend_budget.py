@@ -1,0 +1,121 @@
+"""Dollar budgets across replicas: three proxies on one Redis share a key's `budget_usd`; no
+request is admitted once the recorded spend reached it (requests here go one at a time, so none
+is in flight when it is reached), each replica refuses with 429 `budget_exceeded` and a
+Retry-After at the period's end; the spend `/manage` reports equals the ledger's sum for the
+same requests; and the soft limit shows in `/manage` and as a metric."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+
+from llm_gateway_common import metricnames as metric
+from llm_gateway_fakes.openai import FakeOpenAI
+from tests.collector.test_ndjson import until
+from tests.conftest import CollectorFactory, ProxyFactory
+from tests.proxy.test_manage import TOKEN, call
+from tests.support.events import event_for
+from tests.support.metrics import scrape, value
+
+BUDGET_USD = 0.00004  # gpt-4o-mini at ~30 tokens a request: about 6 requests
+MESSAGES = [{"role": "user", "content": "how much does this cost, roughly, in dollars"}]
+
+
+async def usage_of(http: aiohttp.ClientSession, manage_url: str, key_id: str) -> dict[str, Any]:
+    status, usage = await call(http, "GET", f"{manage_url}/manage/usage/keys/{key_id}")
+    assert status == 200, usage
+    return dict(usage)
+
+
+async def ledger_sum(database_url: str, key_id: str, answered: int) -> Decimal:
+    """The ledger's cost for a key, once its `answered` requests have landed."""
+    db = await asyncpg.connect(database_url)
+    try:
+
+        async def in_ledger() -> bool:
+            count = await db.fetchval("SELECT count(*) FROM usage_events WHERE key_id = $1 "
+                                      "AND status_code = 200", key_id)  # fmt: skip
+            return bool(count == answered)
+
+        await until(in_ledger, "the requests in the ledger")
+        total: Decimal = await db.fetchval(
+            "SELECT sum(cost_usd) FROM usage_events WHERE key_id = $1", key_id
+        )
+        return total
+    finally:
+        await db.close()
+
+
+async def test_a_dollar_budget_holds_across_three_replicas_and_matches_the_ledger(
+    proxy_factory: ProxyFactory, collector_factory: CollectorFactory, upstream: FakeOpenAI,
+    http: aiohttp.ClientSession, redis: aioredis.Redis, stream_name: str, database_url: str,
+) -> None:  # fmt: skip
+    env = {"AUTH_MODE": "keys", "MANAGEMENT_TOKEN": TOKEN, "KEY_CACHE_TTL": "0",
+           "EVENTS_STREAM": stream_name, "EVENT_FLUSH_INTERVAL": "0.01"}  # fmt: skip
+    replicas = [proxy_factory(**env) for _ in range(3)]
+    collector_factory(EVENTS_STREAM=stream_name, COLLECTOR_SINK="postgres",
+                      DATABASE_URL=database_url)  # fmt: skip
+    tenant = f"spend-{uuid.uuid4().hex[:8]}"
+    status, created = await call(http, "POST", f"{replicas[0].manage_url}/manage/keys", json={
+        "name": "budgeted", "tenant": tenant,
+        "limits": {"budget_usd": BUDGET_USD, "budget_soft_limit_percent": 50},
+    })  # fmt: skip
+    assert status == 201, created
+    key_id, headers = created["id"], {"Authorization": f"Bearer {created['key']}"}
+    budget_nanos = round(Decimal(repr(BUDGET_USD)) * 10**9)
+
+    costs: list[Decimal] = []
+    refusals = 0
+    for attempt in range(40):
+        replica = replicas[attempt % 3]
+        recorded = (await usage_of(http, replica.manage_url, key_id))["spend_nano_usd"]
+        async with http.post(
+            f"{replica.base_url}/v1/chat/completions",
+            headers=headers,
+            json={"model": "gpt-4o-mini", "messages": MESSAGES},
+        ) as response:
+            body = await response.json()
+            if recorded >= budget_nanos:
+                assert response.status == 429, (attempt, recorded, body)
+                assert body["error"]["code"] == "budget_exceeded"
+                assert 0 < int(response.headers["retry-after"]) <= 31 * 86_400  # month's end
+                assert "x-ratelimit-limit-tokens" not in response.headers
+                refusals += 1
+                if refusals == 3:  # every replica refused
+                    break
+                continue
+            assert response.status == 200, (attempt, recorded, body)
+            request_id = response.headers["x-llm-request-id"]
+        event = await event_for(redis, request_id, stream_name, deadline=30)
+        assert event.cost_usd is not None and event.cost_usd > 0
+        costs.append(event.cost_usd)
+        expected = sum(round(c * 10**9) for c in costs)
+
+        async def charged(replica_url: str = replica.manage_url, expected: int = expected) -> bool:
+            return (await usage_of(http, replica_url, key_id))["spend_nano_usd"] == expected
+
+        await until(charged, "the request's cost charged to the key")
+    assert refusals == 3, "the budget was never reached"
+    assert len(costs) >= 3  # several requests, on several replicas, before it was
+    assert sum(round(c * 10**9) for c in costs[:-1]) < budget_nanos  # the last one crossed it
+
+    usage = await usage_of(http, replicas[1].manage_url, key_id)
+    assert usage["budget_usd"] == BUDGET_USD
+    assert usage["budget_usd_remaining"] == 0
+    assert usage["budget_soft_limit_reached"] is True
+    # The ledger's sum for the same requests, to the cent (here: to the nano-dollar rounding).
+    ledger = await ledger_sum(database_url, key_id, len(costs))
+    assert ledger == sum(costs)
+    assert abs(ledger - Decimal(usage["spend_nano_usd"]) / 10**9) < Decimal("1e-9") * len(costs)
+    assert round(ledger, 2) == round(Decimal(usage["spend_nano_usd"]) / 10**9, 2)
+    # Past the soft limit (50 %), admitted requests were counted, on the replicas that took them.
+    soft = 0.0
+    for replica in replicas:
+        samples = await scrape(http, replica.manage_url)
+        soft += value(samples, metric.BUDGET_SOFT_LIMIT + "_total", **{metric.SCOPE: "key"})
+    assert soft >= 1
