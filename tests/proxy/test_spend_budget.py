@@ -16,6 +16,8 @@ import redis.asyncio as aioredis
 
 from llm_gateway_common import metricnames as metric
 from llm_gateway_fakes.openai import FakeOpenAI
+from llm_gateway_proxy.keys import KeyRecord, Limits
+from llm_gateway_proxy.ratelimit import RateLimiter
 from tests.collector.test_ndjson import until
 from tests.conftest import CollectorFactory, ProxyFactory
 from tests.proxy.test_manage import TOKEN, call
@@ -119,3 +121,24 @@ async def test_a_dollar_budget_holds_across_three_replicas_and_matches_the_ledge
         samples = await scrape(http, replica.manage_url)
         soft += value(samples, metric.BUDGET_SOFT_LIMIT + "_total", **{metric.SCOPE: "key"})
     assert soft >= 1
+
+
+async def test_a_tenant_dollar_budget_covers_all_its_keys_and_the_soft_limit_is_reported(
+    redis: aioredis.Redis,
+) -> None:
+    tenant = f"spend-{uuid.uuid4().hex[:8]}"
+    limiter = RateLimiter(redis, timeout=2, fail_open=False)
+    tenant_limits = Limits(budget_usd=1.5, budget_period="daily", budget_soft_limit_percent=60)
+    one = KeyRecord(id=f"key_{uuid.uuid4().hex}", key_hash="h1", name="a", tenant=tenant)
+    two = KeyRecord(id=f"key_{uuid.uuid4().hex}", key_hash="h2", name="b", tenant=tenant)
+    for charge in limiter.charges(one, tenant_limits, 100, Decimal("0.9")):
+        await redis.incrby(charge.key, charge.amount)
+    verdict = await limiter.admit(two, tenant_limits)
+    assert verdict is not None and verdict.allowed and verdict.soft == "tenant"  # 0.9 >= 60 %
+    for charge in limiter.charges(two, tenant_limits, 100, Decimal("0.6")):
+        await redis.incrby(charge.key, charge.amount)
+    refused = await limiter.admit(one, tenant_limits)
+    assert refused is not None and not refused.allowed
+    assert (refused.limit, refused.scope) == ("spend", "tenant")
+    assert 0 < refused.reset_seconds <= 86_400  # the UTC day's end
+    assert (await limiter.usage(one))["spend_nano_usd"] == 900_000_000  # the key's own spend
