@@ -73,7 +73,9 @@ async def test_usage_is_estimated_when_provider_reports_none(
         request_id = response.headers["X-LLM-Request-ID"]
     event = await event_for(redis, request_id)
     assert event.usage_source == "estimated"
-    assert event.prompt_tokens == 100
+    # chars / 4 while the proxy loads the tokenizer, then o200k_base's count of the 400 "x"s
+    # (tests/proxy/test_token_estimates.py waits for the load and checks exact counts).
+    assert event.prompt_tokens in (100, 50)
     assert event.completion_tokens > 0
     assert event.total_tokens == event.prompt_tokens + event.completion_tokens
 

@@ -2,7 +2,16 @@ from __future__ import annotations
 
 import orjson
 
+from llm_gateway_proxy.tokencount import Encoder, TokenCounter
 from llm_gateway_proxy.usage import Usage, estimate_tokens, model_from_payload, usage_from_payload
+
+
+def _never_loads(name: str) -> Encoder:
+    raise OSError(name)
+
+
+# Before the tokenizer is loaded (tests/proxy/test_token_estimates.py covers it): chars / 4.
+LOADING = TokenCounter(_never_loads)
 
 
 def test_chat_usage_with_details() -> None:
@@ -39,18 +48,18 @@ def test_model_from_body_and_from_responses_event() -> None:
     assert model_from_payload({"model": 5}) is None
 
 
-def test_estimate_counts_message_text_and_images_not_json_syntax() -> None:
+def test_estimate_while_loading_counts_message_text_and_images_not_json_syntax() -> None:
     body = orjson.dumps({"model": "gpt-4o", "messages": [
         {"role": "user", "content": [
             {"type": "text", "text": "a" * 400},
             {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 100000}},
         ]}]})  # fmt: skip
-    assert estimate_tokens(body) == 100 + 85
+    assert estimate_tokens(body, counter=LOADING) == 100 + 85
 
 
 def test_estimate_of_non_json_is_by_length() -> None:
-    assert estimate_tokens(b"x" * 40) == 10
-    assert estimate_tokens(b"") == 0
+    assert estimate_tokens(b"x" * 40, counter=LOADING) == 10
+    assert estimate_tokens(b"", counter=LOADING) == 0
 
 
 def test_an_empty_model_is_not_the_model_that_answered() -> None:

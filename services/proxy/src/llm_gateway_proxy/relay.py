@@ -22,7 +22,7 @@ from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.providers.anthropic_response import MalformedResponse, error_in, response_in
 from llm_gateway_proxy.providers.anthropic_stream import SSEOverflow, SSEParser, StreamTranslator
 from llm_gateway_proxy.router import NO_RETRY, Answer
-from llm_gateway_proxy.streaming import SSETap
+from llm_gateway_proxy.streaming import SSETap, estimate_stream_tokens
 from llm_gateway_proxy.upstream import (
     is_event_stream,
     map_exceptions,
@@ -37,6 +37,9 @@ Headers = list[tuple[bytes, bytes]]
 _SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _SSE_REPLACED = frozenset({b"cache-control", b"x-accel-buffering"})
 _USAGE_REPORT_BYTES = 1 << 20  # pass-through JSON answers up to this size are read for usage
+# A stream's first bytes, kept in case it reports no usage: ~60 chat chunks, whose tokens per
+# event are scaled to the whole stream (streaming.estimate_stream_tokens).
+_ESTIMATE_SAMPLE_BYTES = 16 * 1024
 _JSON = (b"content-type", b"application/json")
 
 
@@ -88,11 +91,13 @@ async def _relay_stream(
     headers = [h for h in headers if h[0] not in _SSE_REPLACED]
     headers.extend(_SSE_HEADERS)
     captured = bytearray()
+    sample = bytearray()
     await downstream.start(response.status, headers, event_stream=True)
     try:
         if answer.prefetched:
             if capture_bytes:
                 captured += answer.prefetched[: capture_bytes + 1]
+            sample += answer.prefetched[:_ESTIMATE_SAMPLE_BYTES]
             forward = tap.feed(answer.prefetched)
             if forward:
                 exchange.mark_first_byte()
@@ -101,6 +106,8 @@ async def _relay_stream(
             async for chunk in response.content.iter_any():
                 if capture_bytes and len(captured) <= capture_bytes:
                     captured += chunk[: capture_bytes + 1 - len(captured)]
+                if len(sample) < _ESTIMATE_SAMPLE_BYTES:
+                    sample += chunk[: _ESTIMATE_SAMPLE_BYTES - len(sample)]
                 forward = tap.feed(chunk)
                 if forward:
                     exchange.mark_first_byte()
@@ -109,7 +116,11 @@ async def _relay_stream(
     finally:
         exchange.usage = tap.usage
         exchange.response_model = tap.response_model
-        exchange.completion_estimate = tap.events
+        exchange.completion_estimate = (
+            tap.events
+            if tap.usage is not None
+            else (estimate_stream_tokens(bytes(sample), tap.events, _model(exchange)))
+        )
         exchange.response_bytes = downstream.sent_bytes
         if capture_bytes:
             exchange.captured_response = bytes(captured)
@@ -134,7 +145,7 @@ async def _relay_body(
         exchange.usage = usage_from_payload(payload)
         exchange.response_model = model_from_payload(payload)
         if exchange.usage is None:
-            exchange.completion_estimate = estimate_tokens(raw)
+            exchange.completion_estimate = estimate_tokens(raw, _model(exchange))
     else:
         exchange.fail("upstream_error", upstream_error_type(payload, response.status))
     await _send_whole(response.status, raw, exchange=exchange, downstream=downstream,
@@ -298,6 +309,11 @@ def _merged(provider: Headers, ours: Headers) -> Headers:
     if NO_RETRY in ours:
         provider = [h for h in provider if h[0] != b"x-should-retry"]
     return provider + ours
+
+
+def _model(exchange: Exchange) -> str | None:
+    """The model whose tokenizer an estimate uses: the upstream's name, else the client's."""
+    return exchange.upstream_model or exchange.response_model or exchange.model
 
 
 def _json(raw: bytes) -> Any:

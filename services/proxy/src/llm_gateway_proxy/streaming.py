@@ -12,6 +12,9 @@ Parsing JSON is what costs, so complete events are only parsed when they may say
 the response model is known, and when they hold a `"usage"` that is not null or an `"error"`.
 Every chunk of a stream with `include_usage` (which the gateway adds) carries `"usage":null`, so
 the test counts occurrences rather than looking for the key (`bench/sse_tap.py` measures it).
+
+A stream that reports no usage is estimated from the deltas in its first bytes, counted with the
+model family's tokenizer (`estimate_stream_tokens`, tokencount.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from llm_gateway_proxy.tokencount import PROCESS_COUNTER, TokenCounter
 from llm_gateway_proxy.usage import Usage, model_from_payload, usage_from_payload
 
 _USAGE = b'"usage"'
@@ -107,6 +111,59 @@ class SSETap:
                         continue
             kept.append(event)
         return b"".join(kept) if dropped else complete
+
+
+def estimate_stream_tokens(
+    sample: bytes, events: int, model: str | None, counter: TokenCounter = PROCESS_COUNTER
+) -> int:
+    """Completion tokens of an SSE stream that reported no usage. `sample` is the stream's
+    first bytes and `events` how many events it had in all: the text of the sample's deltas is
+    counted with `model`'s tokenizer and, if the sample was cut short, scaled to all the events.
+    One token per event (a chunk is about one token) until the tokenizer is loaded."""
+    complete = sample.replace(b"\r\n", b"\n").split(b"\n\n")
+    if complete and not sample.endswith((b"\n\n", b"\r\n\r\n")):
+        complete.pop()  # the event the sample cut, or an unterminated last one
+    sampled = [event for event in complete if event.strip()]
+    parts: list[str] = []
+    for event in sampled:
+        _delta_text(_data_payload(event), parts)
+    tokens = counter.count(["".join(parts)], model)
+    if tokens is None:
+        return events
+    if sampled and len(sampled) < events:
+        return round(tokens * events / len(sampled))
+    return tokens
+
+
+def _delta_text(payload: Any, parts: list[str]) -> None:
+    """Append the generated text one stream event carries: chat deltas (content, reasoning, tool
+    call arguments), completions' text, the Responses API's `*.delta` events (never the whole
+    text that `response.completed` repeats)."""
+    if not isinstance(payload, dict):
+        return
+    kind = payload.get("type")
+    if isinstance(kind, str):
+        delta = payload.get("delta")
+        if kind.endswith(".delta") and isinstance(delta, str):
+            parts.append(delta)
+        return
+    choices = payload.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            continue
+        if isinstance(choice.get("text"), str):
+            parts.append(choice["text"])
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            continue
+        for key in ("reasoning_content", "reasoning", "content"):
+            if isinstance(delta.get(key), str):
+                parts.append(delta[key])
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                parts.append(function["arguments"])
 
 
 def _may_carry_usage(data: bytes) -> bool:

@@ -5,6 +5,10 @@ reasoning):
   chat / completions / embeddings  {"usage": {"prompt_tokens", "completion_tokens", ...}}
   responses                        {"usage": {"input_tokens", "output_tokens", ...}}
   responses stream events          {"type": "response.completed", "response": {"usage": ...}}
+
+When there is none, tokens are estimated: the text a body carries (streams: streaming.py) counted
+with the model family's tokenizer (tokencount.py: loaded lazily, in a thread, on the first
+estimate; 22-45 MiB per encoding, bounded time per count), and characters / 4 until it is loaded.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-# OpenAI's rule of thumb for English text; only used when the provider reports nothing.
+from llm_gateway_proxy.tokencount import PROCESS_COUNTER, TokenCounter
+
+# OpenAI's rule of thumb for English text: only until the tokenizer is loaded, and for non-JSON.
 CHARS_PER_TOKEN = 4
 IMAGE_TOKENS = 85
 _TEXT_KEYS = frozenset({"content", "text", "prompt", "input", "instructions", "arguments"})
@@ -65,34 +71,43 @@ def model_from_payload(payload: Any) -> str | None:
     return model if isinstance(model, str) and model else None  # Azure: "" before the model
 
 
-def estimate_tokens(body: bytes) -> int:
-    """A rough token count of the text a JSON body carries (messages, prompt, input, output)."""
+def estimate_tokens(
+    body: bytes, model: str | None = None, counter: TokenCounter = PROCESS_COUNTER
+) -> int:
+    """The tokens of the text a JSON body carries (messages, prompt, input, output), counted
+    with the tokenizer of `model` (else of the body's own `model`); images count 85 each."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return math.ceil(len(body) / CHARS_PER_TOKEN) if body else 0
-    chars, images = _count_text(payload)
-    return math.ceil(chars / CHARS_PER_TOKEN) + images * IMAGE_TOKENS
+    texts, images = _texts(payload)
+    if model is None and isinstance(payload, dict) and isinstance(payload.get("model"), str):
+        model = payload["model"]
+    tokens = counter.count(texts, model)
+    if tokens is None:  # the tokenizer is still loading
+        tokens = math.ceil(sum(map(len, texts)) / CHARS_PER_TOKEN)
+    return tokens + images * IMAGE_TOKENS
 
 
-def _count_text(root: Any) -> tuple[int, int]:
-    """(characters of text, images) in a decoded body; iterative, so no nesting depth a client
+def _texts(root: Any) -> tuple[list[str], int]:
+    """(the text strings, images) of a decoded body; iterative, so no nesting depth a client
     sends can exhaust the interpreter's stack."""
-    chars = images = 0
+    texts: list[str] = []
+    images = 0
     stack: list[tuple[Any, bool]] = [(root, False)]
     while stack:
         value, inside_text = stack.pop()
         if isinstance(value, str):
             if inside_text:
-                chars += len(value)
+                texts.append(value)
         elif isinstance(value, dict):
             if value.get("type") in ("image_url", "input_image"):
                 images += 1
                 continue
-            stack.extend((item, key in _TEXT_KEYS) for key, item in value.items())
+            stack.extend((item, key in _TEXT_KEYS) for key, item in reversed(value.items()))
         elif isinstance(value, list):
-            stack.extend((item, inside_text) for item in value)
-    return chars, images
+            stack.extend((item, inside_text) for item in reversed(value))
+    return texts, images  # in document order: children are pushed last first
 
 
 def _detail(raw: dict[str, Any], group: str, key: str) -> Any:
