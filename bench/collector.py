@@ -7,7 +7,9 @@ layout), then one `llm-gateway-collector` pinned to core 1 drains it. The rate i
 between 10% and 90% of the events landing (start-up and the tail excluded), counted where they
 land: rows in `usage_events` (a durable Postgres: fsync and synchronous commit on) or lines in
 the NDJSON file (flushed and fsynced per batch). Also reported: the collector's CPU time per
-event and its peak RSS. Target: at least 10,000 events/s into Postgres.
+event and its peak RSS. The events are schema 4's: priced (`cost_usd` a Decimal of 12 decimals
+into a numeric column; one in 20 unpriced), with cache reads and writes. Target: at least 10,000
+events/s into Postgres.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -26,6 +29,7 @@ import psutil
 import redis.asyncio as aioredis
 
 from bench.children import Children, free_port
+from llm_gateway_common.events import UsageEvent
 from tests.support.events import make_event, produce
 from tests.support.postgres import LocalPostgres
 
@@ -70,10 +74,11 @@ async def run(count: int) -> dict[str, tuple[float, float, float]]:
                 "ndjson": ({"COLLECTOR_SINK": "ndjson", "EVENT_LOG_PATH": str(ndjson)},
                            lambda: _lines(ndjson)),
             }  # fmt: skip
+            events = [_priced_event(i) for i in range(count)]
             for sink, (env, landed) in sinks.items():
                 stream = f"bench:{sink}"
                 print(f"filling {stream} with {count:,} events ...", file=sys.stderr)
-                await produce(redis, stream, [make_event(i) for i in range(count)])
+                await produce(redis, stream, events)
                 port = free_port()
                 binary = str(Path(sys.executable).parent / "llm-gateway-collector")
                 collector = children.start(
@@ -85,12 +90,30 @@ async def run(count: int) -> dict[str, tuple[float, float, float]]:
                 )  # fmt: skip
                 results[sink] = await _measure(count, landed, psutil.Process(collector.pid))
                 collector.stop()
+            await _check_cost(db, events)
             await db.close()
             await redis.aclose()
     finally:
         postgres.destroy()
         shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+def _priced_event(index: int) -> UsageEvent:
+    """A realistic schema 4 event: priced to 12 decimals (one in 20 unpriced), with cache use."""
+    if index % 20 == 0:
+        return make_event(index, cached_tokens=4, cache_write_tokens=2)
+    return make_event(index, cached_tokens=4, cache_write_tokens=2,
+                      cost_usd=Decimal(7_919 * index % 10**9).scaleb(-12),
+                      price_source="genai-prices 0.2.3")  # fmt: skip
+
+
+async def _check_cost(db: asyncpg.Connection, events: list[UsageEvent]) -> None:
+    """The ledger's total is the events' to the last decimal: no float on the way."""
+    exact = sum((e.cost_usd for e in events if e.cost_usd is not None), Decimal(0))
+    stored = await db.fetchval("SELECT sum(cost_usd) FROM usage_events")
+    if stored != exact:
+        raise RuntimeError(f"ledger cost {stored} != events' {exact}")
 
 
 async def _measure(

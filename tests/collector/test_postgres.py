@@ -25,6 +25,7 @@ from tests.support.postgres import LocalPostgres
 
 ROUTING_COLUMNS = ("provider_name", "upstream_model", "attempts", "failed_targets")
 TRACE_COLUMNS = ("trace_id",)  # schema 3
+COST_COLUMNS = ("cache_write_tokens", "cost_usd", "price_source")  # schema 4
 
 
 @pytest.fixture
@@ -117,19 +118,20 @@ async def test_a_schema_1_ledger_is_upgraded_in_place(db: asyncpg.Connection,
 
 # The ledger as the schema 1 collector created it: every column nullable, no routing columns.
 SCHEMA_1 = [(name, sql_type) for name, sql_type in event_columns()
-            if name not in ROUTING_COLUMNS + TRACE_COLUMNS]  # fmt: skip
+            if name not in ROUTING_COLUMNS + TRACE_COLUMNS + COST_COLUMNS]  # fmt: skip
 SCHEMA_1_COLUMNS = ", ".join(
     ["event_id text PRIMARY KEY", "ingested_at timestamptz NOT NULL DEFAULT now()"]
     + [f'"{name}" {sql_type}' for name, sql_type in SCHEMA_1 if name != "event_id"]
 )
 
 
-def schema_1_insert(event: UsageEvent) -> list[object]:
-    """A schema 1 collector's INSERT of one event: only the columns it knew."""
-    names = ", ".join(f'"{name}"' for name, _ in SCHEMA_1)
-    values = ", ".join(f"${i}" for i in range(1, len(SCHEMA_1) + 1))
+def schema_1_insert(event: UsageEvent, columns: list[tuple[str, str]] = SCHEMA_1) -> list[object]:
+    """An older collector's INSERT of one event: only the columns it knew (schema 1's unless
+    told)."""
+    names = ", ".join(f'"{name}"' for name, _ in columns)
+    values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
     statement = f"INSERT INTO usage_events ({names}) VALUES ({values})"
-    return [statement, *(getattr(event, name) for name, _ in SCHEMA_1)]
+    return [statement, *(getattr(event, name) for name, _ in columns)]
 
 
 async def routing_of(db: asyncpg.Connection, event: UsageEvent) -> list[object]:

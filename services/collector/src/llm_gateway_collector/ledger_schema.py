@@ -10,6 +10,11 @@ A list field (`failed_targets`) is a `text[]` column. A batch is inserted as one
 column, unnested, and Postgres cannot unnest an array of arrays into rows of arrays, so each
 row's list travels as JSON (a `jsonb[]` parameter) and is turned back into an array in the
 INSERT.
+
+Money is exact end to end: `cost_usd` arrives as a JSON number decoded to a `Decimal`, goes to
+asyncpg as that `Decimal` in a `numeric[]` parameter (its binary numeric codec: no float, no
+text round trip), lands in a `numeric` column without precision or scale, and is summed as
+numeric by the views.
 """
 
 from __future__ import annotations
@@ -84,17 +89,40 @@ def _statements() -> list[str]:
         f"CREATE INDEX IF NOT EXISTS {TABLE}_model_time ON {TABLE} (model, started_at)",
         f"CREATE INDEX IF NOT EXISTS {TABLE}_time_brin ON {TABLE} USING brin (started_at)",
         f"CREATE INDEX IF NOT EXISTS {TABLE}_request_id ON {TABLE} (request_id)",
-        f"""CREATE OR REPLACE VIEW usage_daily AS
-            SELECT (started_at AT TIME ZONE 'UTC')::date AS day, tenant, model,
-                   count(*) AS requests,
-                   count(*) FILTER (WHERE {_FAILED_SQL}) AS errors,
-                   coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
-                   coalesce(sum(completion_tokens), 0) AS completion_tokens,
-                   coalesce(sum(total_tokens), 0) AS total_tokens
-            FROM {TABLE}
-            GROUP BY 1, 2, 3""",
+        *_VIEWS,
     ]
     return statements
+
+
+# Views are replaced on every start. `CREATE OR REPLACE VIEW` keeps a view's existing columns
+# (names, types, order) and may only append new ones: a column added to `usage_daily` goes last.
+# Money is summed as numeric, exactly; a request without a price (cost_usd NULL) is counted as
+# unpriced and left out of the sum, so a group with no priced request has cost_usd NULL, not 0.
+_VIEWS = (
+    f"""CREATE OR REPLACE VIEW usage_daily AS
+        SELECT (started_at AT TIME ZONE 'UTC')::date AS day, tenant, model,
+               count(*) AS requests,
+               count(*) FILTER (WHERE {_FAILED_SQL}) AS errors,
+               coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+               coalesce(sum(completion_tokens), 0) AS completion_tokens,
+               coalesce(sum(total_tokens), 0) AS total_tokens,
+               sum(cost_usd) AS cost_usd,
+               count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_requests
+        FROM {TABLE}
+        GROUP BY 1, 2, 3""",
+    f"""CREATE OR REPLACE VIEW spend_monthly AS
+        SELECT date_trunc('month', started_at AT TIME ZONE 'UTC')::date AS month, tenant, model,
+               count(*) AS requests,
+               count(cost_usd) AS priced_requests,
+               count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_requests,
+               sum(cost_usd) AS cost_usd,
+               coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
+               coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
+               coalesce(sum(cached_tokens), 0)::bigint AS cached_tokens,
+               coalesce(sum(cache_write_tokens), 0)::bigint AS cache_write_tokens
+        FROM {TABLE}
+        GROUP BY 1, 2, 3""",
+)
 
 
 def _constraint(name: str) -> str:
@@ -103,7 +131,8 @@ def _constraint(name: str) -> str:
 
 
 async def migrate(connection: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
-    """Create or bring up to date the table, its indexes and the `usage_daily` view."""
+    """Create or bring up to date the table, its indexes and its views (`usage_daily`,
+    `spend_monthly`)."""
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
         for statement in _statements():
