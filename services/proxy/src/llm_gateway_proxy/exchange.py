@@ -197,7 +197,7 @@ class Exchange:
             return Usage(), "none"
         prompt = self.prompt_estimate
         if prompt is None:
-            prompt = estimate_tokens(self.request_body)
+            prompt = estimate_tokens(self.request_body, self.upstream_model or self.model)
         completion = self.completion_estimate or 0
         return Usage(prompt, completion, prompt + completion), "estimated"
 
