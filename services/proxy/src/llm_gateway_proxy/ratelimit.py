@@ -18,6 +18,7 @@ refused with 503.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from llm_gateway_proxy.redisgate import RedisGate, RedisUnavailable
 
 PREFIX = "llm-gateway:limits:"
 _WINDOW_TTL = 120  # a minute's counters outlive their minute, for late charges and reads
+_UNLIMITED = Limits()
 
 # KEYS: per scope (key, then tenant) rpm, tpm, token budget, spend (nano-USD).
 # ARGV: per scope rpm, tpm, token budget, spend limit, spend soft limit (0 = none); then the
@@ -145,20 +147,21 @@ class RateLimiter:
         if tokens <= 0 and spend <= 0:
             return []
         minute = int(time.time() // 60)
+        stamps = _period_stamps(minute)
         charges: list[Charge] = []
         for owner, limits in ((f"key:{record.id}", record.limits), (f"tenant:{record.tenant}",
                                                                     tenant)):  # fmt: skip
-            scope_limits = limits or Limits()
-            _, tpm_key, budget_key, spend_key = _counter_keys(owner, scope_limits, minute)
-            ttl = _budget_ttl(scope_limits.budget_period)
+            period = (limits or _UNLIMITED).budget_period
             if spend > 0:
-                charges.append(Charge(spend_key, spend, ttl))
-            if tokens <= 0 or limits is None:
+                charges.append(Charge(f"{PREFIX}{owner}:spend:{stamps[period]}", spend,
+                                      _BUDGET_TTLS[period]))  # fmt: skip
+            if tokens <= 0 or limits is None or not (limits.tokens_per_minute
+                                                     or limits.budget_tokens):  # fmt: skip
                 continue
-            if limits.tokens_per_minute or limits.budget_tokens:
-                charges.append(Charge(tpm_key, tokens, _WINDOW_TTL))
+            _, tpm_key, budget_key, _ = _counter_keys(owner, limits, minute)
+            charges.append(Charge(tpm_key, tokens, _WINDOW_TTL))
             if limits.budget_tokens:
-                charges.append(Charge(budget_key, tokens, ttl))
+                charges.append(Charge(budget_key, tokens, _BUDGET_TTLS[period]))
         return charges
 
     async def usage(self, record: KeyRecord) -> dict[str, Any]:
@@ -204,18 +207,26 @@ def _soft_nanos(limits: Limits) -> int:
 
 def _counter_keys(owner: str, limits: Limits, minute: int) -> list[str]:
     """(requests this minute, tokens this minute, tokens and nano-dollars this budget period)
-    of `owner`. The
-    period is the one `minute` falls in, so that a charge computed at 23:59:59.9 and a window
-    stamped a moment later cannot land in different days."""
-    now = datetime.fromtimestamp(minute * 60, UTC)
-    stamp = {"daily": now.strftime("%Y%m%d"), "monthly": now.strftime("%Y%m"), "total": "all"}
+    of `owner`. The period is the one `minute` falls in, so that a charge computed at
+    23:59:59.9 and a window stamped a moment later cannot land in different days."""
+    period = _period_stamps(minute)[limits.budget_period]
     return [f"{PREFIX}{owner}:rpm:{minute}", f"{PREFIX}{owner}:tpm:{minute}",
-            f"{PREFIX}{owner}:budget:{stamp[limits.budget_period]}",
-            f"{PREFIX}{owner}:spend:{stamp[limits.budget_period]}"]  # fmt: skip
+            f"{PREFIX}{owner}:budget:{period}", f"{PREFIX}{owner}:spend:{period}"]  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _period_stamps(minute: int) -> dict[str, str]:
+    """The stamp of each budget period `minute` falls in (computed once a minute, not per
+    request: strftime three times costs more than the rest of a charge)."""
+    now = datetime.fromtimestamp(minute * 60, UTC)
+    return {"daily": now.strftime("%Y%m%d"), "monthly": now.strftime("%Y%m"), "total": "all"}
+
+
+_BUDGET_TTLS: dict[str, int | None] = {"daily": 2 * 86_400, "monthly": 32 * 86_400, "total": None}
 
 
 def _budget_ttl(period: str) -> int | None:
-    return {"daily": 2 * 86_400, "monthly": 32 * 86_400}.get(period)
+    return _BUDGET_TTLS.get(period)
 
 
 def _reset_seconds(limit: str, limits: Limits, now: datetime | None = None) -> int:
