@@ -46,6 +46,19 @@ REDIS_PASSWORD = {"redis": {"host": "redis-master.redis.svc", "existingSecret": 
 REDIS_URL_SECRET = {"redis": {"existingSecret": "redis-url", "existingSecretUrlKey": "url"}}
 # Several providers (proxy.models, proxy.providerKeys): values.yaml's commented example.
 MODELS = _commented_model_table()
+# Price overrides (proxy.prices) of the model table's providers: an Azure discount, Anthropic's
+# cache rates, and whatever else goes to `openai` at $0 (as a self-hosted server would be).
+PRICES = {
+    "proxy": {
+        "prices": [
+            {"provider": "azure-eu", "model": "gpt-4o-*", "input_per_mtok": 2.25,
+             "cached_input_per_mtok": 1.125, "output_per_mtok": 9},
+            {"provider": "anthropic", "model": "claude-sonnet-*", "input_per_mtok": 3,
+             "cached_input_per_mtok": 0.3, "cache_write_per_mtok": 3.75, "output_per_mtok": 15},
+            {"provider": "openai"},
+        ],
+    },
+}  # fmt: skip
 
 
 SCENARIOS: dict[str, Values] = {
@@ -62,6 +75,7 @@ SCENARIOS: dict[str, Values] = {
     "redis-password": merged(REDIS_PASSWORD, MANAGEMENT_TOKEN, UPSTREAM),
     "redis-url-secret": merged(REDIS_URL_SECRET, MANAGEMENT_TOKEN, UPSTREAM),
     "models": merged(MINIMAL, MODELS),
+    "prices": merged(MINIMAL, MODELS, PRICES),
     "everything": merged(
         REDIS_PASSWORD,
         MANAGEMENT_TOKEN,

@@ -174,6 +174,14 @@ Where the proxy reads the model table (MODELS_FILE): proxy.models as YAML, the o
 {{- printf "%s/models.yaml" (include "llm-gateway.modelsFileDir" .) }}
 {{- end }}
 
+{{- define "llm-gateway.pricesFileDir" -}}
+/etc/llm-gateway/prices
+{{- end }}
+
+{{- define "llm-gateway.pricesFilePath" -}}
+{{- printf "%s/prices.yaml" (include "llm-gateway.pricesFileDir" .) }}
+{{- end }}
+
 {{/* True (non-empty) when some Redis is configured. */}}
 {{- define "llm-gateway.redisConfigured" -}}
 {{- if or .Values.redis.host .Values.redis.existingSecretUrlKey .Values.redis.dev.enabled }}true{{ end }}
