@@ -83,6 +83,11 @@ class ProxyProcess(ServiceProcess):
             {"MANAGEMENT_LISTEN_ADDR": f"127.0.0.1:{self.manage_port}", **env},
             listen_var="LISTEN_ADDR",
         )
+        # Two free ports drawn one after the other can be the same one (nothing held the
+        # first): the proxy then refuses to start. Draw the data plane's again until they differ.
+        while self.port == self.manage_port and "LISTEN_ADDR" not in env:
+            self.port = free_port()
+            self.env["LISTEN_ADDR"] = f"127.0.0.1:{self.port}"
 
     @property
     def manage_url(self) -> str:
