@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -75,6 +76,9 @@ class Gateway:
         price = quote if isinstance(quote, Price) else None
         event = exchange.to_event(self.settings.metering_capture_bytes, price)
         if quote is PENDING:
+            # Tokens are charged now (a token budget must not wait for a price); the spend is
+            # charged with the event, once its price is known.
+            self._charge(exchange, event.total_tokens, None)
             task = asyncio.create_task(self._publish_priced(exchange, event, names))
             self._unpriced.add(task)
             task.add_done_callback(self._unpriced.discard)
@@ -105,16 +109,24 @@ class Gateway:
         )
         return event
 
-    def _publish(self, exchange: Exchange, event: UsageEvent) -> None:
+    def _publish(self, exchange: Exchange, event: UsageEvent, *, tokens: bool = True) -> None:
+        """The event, with the charges of its key: its tokens (unless charged already) and its
+        cost."""
         key = exchange.key
         charges = (
             ()
             if key is None
             else self.access.limiter.charges(
-                key, exchange.tenant_limits, event.total_tokens, event.cost_usd
+                key, exchange.tenant_limits, event.total_tokens if tokens else 0, event.cost_usd
             )
         )
         self.publisher.publish(event, charges)
+
+    def _charge(self, exchange: Exchange, tokens: int, cost: Decimal | None) -> None:
+        if exchange.key is not None:
+            self.publisher.charge(
+                self.access.limiter.charges(exchange.key, exchange.tenant_limits, tokens, cost)
+            )
 
     async def _publish_priced(self, exchange: Exchange, event: UsageEvent,
                               names: tuple[str | None, ...]) -> None:  # fmt: skip
@@ -127,7 +139,7 @@ class Gateway:
                 event = msgspec.structs.replace(event, cost_usd=price.cost(usage),
                                                 price_source=price.source)  # fmt: skip
         finally:  # published priced or not, never lost
-            self._publish(exchange, event)
+            self._publish(exchange, event, tokens=False)
 
     async def settle(self, timeout: float) -> None:
         """At shutdown: let events waiting for a price be published (unpriced past `timeout`)."""

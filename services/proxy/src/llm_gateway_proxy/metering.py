@@ -149,16 +149,22 @@ class EventPublisher:
     def publish(self, event: UsageEvent, charges: Iterable[Charge] = ()) -> None:
         """Queue one event and the token charges of its key; never blocks. Past the queue bound
         the event is dropped (counted, logged); its charges never are."""
-        for charge in charges:
-            pending = self._charges.get(charge.key)
-            amount = charge.amount if pending is None else pending.amount + charge.amount
-            self._charges[charge.key] = Charge(charge.key, amount, charge.ttl)
+        self.charge(charges)
         if self.queued >= self._queue_size:
             self._drop(1)
         else:
             self._queue.append(event)
             if len(self._queue) >= self._batch_size:
                 self._full.set()
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+
+    def charge(self, charges: Iterable[Charge]) -> None:
+        """Queue charges without an event (summed per counter, written with the next batch)."""
+        for charge in charges:
+            pending = self._charges.get(charge.key)
+            amount = charge.amount if pending is None else pending.amount + charge.amount
+            self._charges[charge.key] = Charge(charge.key, amount, charge.ttl)
         if not self._wakeup.is_set():
             self._wakeup.set()
 
