@@ -7,9 +7,10 @@ layout), then one `llm-gateway-collector` pinned to core 1 drains it. The rate i
 between 10% and 90% of the events landing (start-up and the tail excluded), counted where they
 land: rows in `usage_events` (a durable Postgres: fsync and synchronous commit on) or lines in
 the NDJSON file (flushed and fsynced per batch). Also reported: the collector's CPU time per
-event and its peak RSS. The events are schema 4's: priced (`cost_usd` a Decimal of 12 decimals
-into a numeric column; one in 20 unpriced), with cache reads and writes. Target: at least 10,000
-events/s into Postgres.
+event and its peak RSS. The events are schema 5's: priced (`cost_usd` a Decimal of 12 decimals
+into a numeric column; one in 20 unpriced), with cache reads and writes, and three in four in a
+coding session of 50 requests (`session_id`, so the ledger's partial session index is kept up
+too). Target: at least 10,000 events/s into Postgres.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -100,10 +102,12 @@ async def run(count: int) -> dict[str, tuple[float, float, float]]:
 
 
 def _priced_event(index: int) -> UsageEvent:
-    """A realistic schema 4 event: priced to 12 decimals (one in 20 unpriced), with cache use."""
+    """A realistic schema 5 event: priced to 12 decimals (one in 20 unpriced), with cache use,
+    in a coding session unless it is one of the one in four outside any."""
+    session = str(uuid.UUID(int=index // 50)) if index % 4 != 3 else None
     if index % 20 == 0:
-        return make_event(index, cached_tokens=4, cache_write_tokens=2)
-    return make_event(index, cached_tokens=4, cache_write_tokens=2,
+        return make_event(index, cached_tokens=4, cache_write_tokens=2, session_id=session)
+    return make_event(index, cached_tokens=4, cache_write_tokens=2, session_id=session,
                       cost_usd=Decimal(7_919 * index % 10**9).scaleb(-12),
                       price_source="genai-prices 0.2.3")  # fmt: skip
 

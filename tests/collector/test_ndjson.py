@@ -52,6 +52,24 @@ async def test_events_are_appended_to_a_file_exactly_as_encoded(
     await until(lambda: _zero(pending(redis, stream_name)), "every entry acknowledged")
 
 
+async def test_a_coding_session_is_carried_and_its_absence_written_as_null(
+    collector_factory: CollectorFactory, redis: aioredis.Redis, stream_name: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.ndjson"
+    session = "3f0c5a52-9b8e-4d1e-a6c2-7e4b1d9f0a38"
+    events = [make_event(0, session_id=session), make_event(1)]
+    await produce(redis, stream_name, events)
+    collector_factory(EVENTS_STREAM=stream_name, EVENT_LOG_PATH=str(path))
+
+    async def all_written() -> bool:
+        return len(lines(path)) >= len(events)
+
+    await until(all_written, "both events in the file")
+    assert lines(path) == [encode_event(e) for e in events]
+    assert [orjson.loads(line)["session_id"] for line in lines(path)] == [session, None]
+    assert [decode_event(line).session_id for line in lines(path)] == [session, None]
+
+
 async def _zero(count: object) -> bool:
     return await count == 0  # type: ignore[misc]
 

@@ -26,6 +26,8 @@ from tests.support.postgres import LocalPostgres
 ROUTING_COLUMNS = ("provider_name", "upstream_model", "attempts", "failed_targets")
 TRACE_COLUMNS = ("trace_id",)  # schema 3
 COST_COLUMNS = ("cache_write_tokens", "cost_usd", "price_source")  # schema 4
+SESSION_COLUMNS = ("session_id",)  # schema 5
+SESSION_ID = "3f0c5a52-9b8e-4d1e-a6c2-7e4b1d9f0a38"
 
 
 @pytest.fixture
@@ -117,8 +119,9 @@ async def test_a_schema_1_ledger_is_upgraded_in_place(db: asyncpg.Connection,
 
 
 # The ledger as the schema 1 collector created it: every column nullable, no routing columns.
+LATER_COLUMNS = ROUTING_COLUMNS + TRACE_COLUMNS + COST_COLUMNS + SESSION_COLUMNS
 SCHEMA_1 = [(name, sql_type) for name, sql_type in event_columns()
-            if name not in ROUTING_COLUMNS + TRACE_COLUMNS + COST_COLUMNS]  # fmt: skip
+            if name not in LATER_COLUMNS]  # fmt: skip
 SCHEMA_1_COLUMNS = ", ".join(
     ["event_id text PRIMARY KEY", "ingested_at timestamptz NOT NULL DEFAULT now()"]
     + [f'"{name}" {sql_type}' for name, sql_type in SCHEMA_1 if name != "event_id"]
@@ -168,6 +171,81 @@ async def test_a_schema_2_ledger_gets_the_trace_id_column(db: asyncpg.Connection
         await db.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+# The columns a schema 4 collector knew: all but the session.
+SCHEMA_4 = [(name, sql_type) for name, sql_type in event_columns()
+            if name not in SESSION_COLUMNS]  # fmt: skip
+
+
+async def test_a_schema_4_ledger_gets_the_session_id_column_and_its_index(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    schema = f"ledger_v4_{uuid.uuid4().hex[:8]}"
+    await db.execute(f"CREATE SCHEMA {schema}")
+    old = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        await migrate(old)
+        await old.execute("DROP INDEX usage_events_session_id")  # as schema 4 left it
+        await old.execute('ALTER TABLE usage_events DROP COLUMN "session_id"')
+        before = make_event(1, **ROUTED)
+        await old.execute(*schema_1_insert(before, SCHEMA_4))  # a schema 4 collector's row
+        await migrate(old)
+        column = await old.fetchrow(
+            "SELECT data_type, is_nullable FROM information_schema.columns WHERE "
+            "(table_schema, table_name, column_name) = ($1, 'usage_events', 'session_id')",
+            schema,
+        )
+        assert column is not None and tuple(column) == ("text", "YES")
+        during = make_event(2)  # a schema 4 collector still inserting, mid rolling upgrade
+        await old.execute(*schema_1_insert(during, SCHEMA_4))
+        after = make_event(3, session_id=SESSION_ID)
+        await old.execute(insert_statement(), *column_arrays([after]))
+        rows = await old.fetch("SELECT event_id, session_id FROM usage_events")
+        assert {r["event_id"]: r["session_id"] for r in rows} == {
+            before.event_id: None, during.event_id: None, after.event_id: SESSION_ID}  # fmt: skip
+        index = await old.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE (schemaname, indexname) = "
+            "($1, 'usage_events_session_id')", schema)  # fmt: skip
+        assert index is not None and "WHERE (session_id IS NOT NULL)" in index
+        await old.execute("SET enable_seqscan = off")  # a few rows: the planner would scan them
+        plan = await old.fetch(
+            "EXPLAIN SELECT sum(total_tokens) FROM usage_events WHERE session_id = 'x'"
+        )
+        assert "usage_events_session_id" in "\n".join(r[0] for r in plan)
+    finally:
+        await old.close()
+        await db.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+async def test_a_coding_sessions_usage_lands_in_the_ledger(
+    collector_factory: CollectorFactory,
+    redis: aioredis.Redis,
+    db: asyncpg.Connection,
+    database_url: str,
+    stream_name: str,
+) -> None:
+    tenant = f"session-{stream_name[-8:]}"
+    sessions = [str(uuid.uuid4()) for _ in range(2)]
+    events = [make_event(i, tenant=tenant, session_id=sessions[i % 3] if i % 3 < 2 else None)
+              for i in range(30)]  # fmt: skip
+    await produce(redis, stream_name, events)
+    collector_factory(EVENTS_STREAM=stream_name, COLLECTOR_SINK="postgres",
+                      DATABASE_URL=database_url)  # fmt: skip
+
+    async def landed() -> bool:
+        return len(await rows_for(db, tenant)) == 30
+
+    await until(landed, "30 rows")
+    # What a platform team asks of it: the usage of each coding session.
+    rows = await db.fetch("SELECT session_id, count(*), sum(total_tokens) FROM usage_events "
+                          "WHERE tenant = $1 GROUP BY session_id", tenant)  # fmt: skip
+    expected: dict[str | None, tuple[int, int]] = {}
+    for e in events:
+        count, tokens = expected.get(e.session_id, (0, 0))
+        expected[e.session_id] = (count + 1, tokens + e.total_tokens)
+    assert {r["session_id"]: (r["count"], r["sum"]) for r in rows} == expected
+    assert set(expected) == {*sessions, None}
+
+
 async def test_usage_daily_view_and_indexes(
     collector_factory: CollectorFactory,
     redis: aioredis.Redis,
@@ -198,7 +276,8 @@ async def test_usage_daily_view_and_indexes(
     assert daily["day"] == events[0].started_at.date()
     indexes = {r["indexname"] for r in await db.fetch(
         "SELECT indexname FROM pg_indexes WHERE tablename = 'usage_events'")}  # fmt: skip
-    assert {"usage_events_tenant_time", "usage_events_model_time"} <= indexes
+    assert {"usage_events_tenant_time", "usage_events_model_time",
+            "usage_events_session_id"} <= indexes  # fmt: skip
     plan = await db.fetchval(
         "EXPLAIN SELECT * FROM usage_events WHERE tenant = 'x' AND started_at > now()"
     )

@@ -1,8 +1,9 @@
 """An older consumer meets a newer producer's event: values added to the open vocabularies
 (`outcome`, `usage_source`) and fields it does not know are read, stored and forwarded, never
 dead-lettered, and a new outcome is judged a failure only by the status the client got. And this
-version reads schema 1 events (before routing) and schema 2 events (before traces), and consumers
-of those schemas read its events."""
+version reads schema 1 events (before routing), schema 2 events (before traces), schema 3 events
+(before cost) and schema 4 events (before sessions), and consumers of those schemas read its
+events."""
 
 from __future__ import annotations
 
@@ -19,15 +20,20 @@ import redis.asyncio as aioredis
 from llm_gateway_common.events import SCHEMA_VERSION, UsageEvent, decode_event, encode_event
 from llm_gateway_dispatcher.helicone import log_body, log_headers
 from llm_gateway_dispatcher.lunary import run_events
+from llm_gateway_dispatcher.outcomes import delivery_id
+from llm_gateway_fakes.helicone import LOG_PATH, FakeHelicone
+from llm_gateway_fakes.threaded import ThreadedServer
 from tests.collector.test_ndjson import lines, until
 from tests.conftest import CollectorFactory
-from tests.dispatcher.conftest import DispatcherFactory, dead_letters
+from tests.dispatcher.conftest import HELICONE_KEY, DispatcherFactory, dead_letters
 from tests.support.events import ROUTED, make_event, produce
 
 ROUTING_FIELDS = ("provider_name", "upstream_model", "attempts", "failed_targets")  # schema 2
 TRACE_FIELDS = ("trace_id",)  # schema 3
 COST_FIELDS = ("cache_write_tokens", "cost_usd", "price_source")  # schema 4
+SESSION_FIELDS = ("session_id",)  # schema 5
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SESSION_ID = "3f0c5a52-9b8e-4d1e-a6c2-7e4b1d9f0a38"  # as Claude Code sends it
 
 
 def newer_event(index: int, **overrides: object) -> bytes:
@@ -81,9 +87,9 @@ def test_a_schema_2_event_decodes_without_a_trace_and_a_schema_2_consumer_reads_
     old = decode_event(orjson.dumps({**data, "schema_version": 2}))
     assert old.trace_id is None
     assert msgspec.structs.replace(old, schema_version=SCHEMA_VERSION, trace_id=TRACE_ID) == traced
-    seen_by_schema_2 = older_decoder("UsageEventV2", TRACE_FIELDS + COST_FIELDS).decode(
-        encode_event(traced)
-    )
+    seen_by_schema_2 = older_decoder(
+        "UsageEventV2", TRACE_FIELDS + COST_FIELDS + SESSION_FIELDS
+    ).decode(encode_event(traced))
     for field in msgspec.structs.fields(seen_by_schema_2):
         assert getattr(seen_by_schema_2, field.name) == getattr(traced, field.name), field.name
 
@@ -91,7 +97,8 @@ def test_a_schema_2_event_decodes_without_a_trace_and_a_schema_2_consumer_reads_
 def schema_1_decoder() -> msgspec.json.Decoder[msgspec.Struct]:
     """How a consumer built before schema 2 decodes: `UsageEvent` without the routing fields
     (nor the trace, which came after)."""
-    return older_decoder("UsageEventV1", ROUTING_FIELDS + TRACE_FIELDS + COST_FIELDS)
+    return older_decoder("UsageEventV1",
+                         ROUTING_FIELDS + TRACE_FIELDS + COST_FIELDS + SESSION_FIELDS)  # fmt: skip
 
 
 def older_decoder(name: str, missing: tuple[str, ...]) -> msgspec.json.Decoder[msgspec.Struct]:
@@ -205,6 +212,59 @@ def test_a_schema_3_event_decodes_unpriced_and_a_schema_3_consumer_reads_a_price
     old = decode_event(orjson.dumps({**data, "schema_version": 3}))
     assert (old.cache_write_tokens, old.cost_usd, old.price_source) == (0, None, "none")
     assert decode_event(encode_event(priced)) == priced
-    seen_by_schema_3 = older_decoder("UsageEventV3", COST_FIELDS).decode(encode_event(priced))
+    seen_by_schema_3 = older_decoder("UsageEventV3", COST_FIELDS + SESSION_FIELDS).decode(
+        encode_event(priced)
+    )
     for field in msgspec.structs.fields(seen_by_schema_3):
         assert getattr(seen_by_schema_3, field.name) == getattr(priced, field.name), field.name
+
+
+def test_a_schema_4_event_decodes_without_a_session_and_a_schema_4_consumer_reads_one() -> None:
+    assert SCHEMA_VERSION == 5
+    priced = {"cost_usd": Decimal("0.0042"), "price_source": "genai-prices 0.2.3"}
+    in_session = make_event(1, **ROUTED, **priced, trace_id=TRACE_ID, session_id=SESSION_ID)
+    data = orjson.loads(encode_event(in_session))
+    assert data["session_id"] == SESSION_ID
+    del data["session_id"]
+    old = decode_event(orjson.dumps({**data, "schema_version": 4}))
+    assert old.session_id is None
+    assert msgspec.structs.replace(old, schema_version=SCHEMA_VERSION,
+                                   session_id=SESSION_ID) == in_session  # fmt: skip
+    seen_by_schema_4 = older_decoder("UsageEventV4", SESSION_FIELDS).decode(
+        encode_event(in_session)
+    )
+    assert not hasattr(seen_by_schema_4, "session_id")
+    for field in msgspec.structs.fields(seen_by_schema_4):
+        assert getattr(seen_by_schema_4, field.name) == getattr(in_session, field.name), field.name
+    outside = orjson.loads(encode_event(make_event(2)))
+    assert "session_id" in outside and outside["session_id"] is None  # written, as null
+
+
+def test_helicone_groups_a_coding_session_and_lunary_is_unchanged() -> None:
+    in_session = make_event(1, session_id=SESSION_ID)
+    assert log_headers(in_session)["Helicone-Session-Id"] == SESSION_ID
+    assert "Helicone-Session-Id" not in log_headers(make_event(2))
+    long = make_event(3, session_id="s" * 300)  # a producer that did not cut it: the header does
+    assert log_headers(long)["Helicone-Session-Id"] == "s" * 256
+    # Lunary's ingestion has no session field (REFERENCE.md, section 3): the run is as before.
+    assert run_events(in_session) == run_events(
+        msgspec.structs.replace(in_session, session_id=None)
+    )
+
+
+async def test_the_dispatcher_logs_a_session_at_the_fake_helicone(
+    dispatcher_factory: DispatcherFactory, redis: aioredis.Redis, stream_name: str
+) -> None:
+    server = ThreadedServer(FakeHelicone(api_key=HELICONE_KEY)).start()
+    try:
+        events = [make_event(0, session_id=SESSION_ID), make_event(1)]
+        await produce(redis, stream_name, events)
+        dispatcher_factory(DISPATCHER_SINK="helicone", DISPATCHER_API_KEY=HELICONE_KEY,
+                           DISPATCHER_ENDPOINT=server.base_url + LOG_PATH)  # fmt: skip
+        await until(lambda: all_acknowledged(redis, stream_name, "dispatcher"), "all acknowledged")
+        assert await dead_letters(redis, stream_name) == []
+        logs = server.fake.logs
+        assert [logs[delivery_id(e)].headers.get("helicone-session-id") for e in events] == [
+            SESSION_ID, None]  # fmt: skip
+    finally:
+        server.stop()

@@ -27,6 +27,10 @@ the cache reads, are), `cost_usd` (the request's price in US dollars, a JSON num
 `Decimal` so that it is exact; None when no price is known, never a guess) and `price_source`
 (`genai-prices <version>`, `override` for a PRICES_FILE entry, `none`). A schema 3 event decodes
 unpriced: no cache writes, cost None, source `none`.
+
+Schema 5 (coding sessions) added `session_id`: the client's coding-agent session id, as Claude
+Code sends it in `X-Claude-Code-Session-Id` on every request of a session, cut to 256
+characters; None when the client sent none. A schema 4 event decodes with it None.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Literal, get_args
 
 import msgspec
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # What this version produces. The event fields are `str`: never decode against these.
 Outcome = Literal["ok", "upstream_error", "gateway_error", "client_disconnected"]
@@ -56,6 +60,7 @@ class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False)
     request_id: str
     client_request_id: str | None = None
     trace_id: str | None = None  # W3C trace id, 32 hex (schema 3)
+    session_id: str | None = None  # X-Claude-Code-Session-Id, <= 256 chars (schema 5)
     upstream_request_id: str | None = None
     tenant: str
     key_id: str | None = None

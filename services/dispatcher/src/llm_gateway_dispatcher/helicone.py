@@ -100,6 +100,8 @@ def log_headers(event: UsageEvent) -> dict[str, str]:
         "Helicone-Property-Provider": _header_value(event.provider),
         "Helicone-Property-Request-Id": _header_value(event.request_id),
     }
+    if event.session_id is not None:  # a coding agent's session: Helicone's own grouping
+        headers["Helicone-Session-Id"] = _header_value(event.session_id)
     if event.provider_name is not None:
         headers["Helicone-Property-Provider-Name"] = _header_value(event.provider_name)
     if event.upstream_model is not None:
