@@ -4,7 +4,8 @@ timing and failures, and a record of what it received. Used by the routing tests
 It rejects what the real API rejects, with Anthropic's error body
 `{"type":"error","error":{"type","message"},"request_id"}`: no key (`x-api-key`, or
 `Authorization: Bearer` as anthropic SDK 2.14 sends it) or a wrong one (401), no or an unknown
-`anthropic-version` (400), unknown top-level fields, no `model`, no `max_tokens` (an int >= 1),
+`anthropic-version` (400), an `anthropic-beta` flag it does not know (400), unknown top-level
+fields, no `model`, no `max_tokens` (an int >= 1),
 an empty `messages`, a `system` role inside `messages`, a first message that is not `user`, roles
 that do not alternate, empty content, a `tool_result` that does not answer the previous
 assistant turn's `tool_use` ids (or a `tool_use` left unanswered), an image without a valid
@@ -36,8 +37,18 @@ from aiohttp import web
 from llm_gateway_fakes.anthropic_rules import request_problem
 from llm_gateway_fakes.openai import Received
 from llm_gateway_fakes.threaded import ThreadedServer
+from llm_gateway_fakes.tool_inputs import sample_input
 
 VERSIONS = frozenset({"2023-01-01", "2023-06-01", "2026-10-21"})
+# `anthropic-beta` flags the API knows (a sample of the real list: Claude Code's among them);
+# any other is refused with a 400, as the real API refuses it.
+BETAS = frozenset({
+    "claude-code-20250219", "interleaved-thinking-2025-05-14",
+    "fine-grained-tool-streaming-2025-05-14",
+    "prompt-caching-2024-07-31", "token-efficient-tools-2025-02-19", "output-128k-2025-02-19",
+    "context-1m-2025-08-07", "context-management-2025-06-27", "files-api-2025-04-14",
+    "computer-use-2025-01-24", "oauth-2025-04-20", "structured-outputs-2025-11-13",
+})  # fmt: skip
 
 # Anthropic's error `type` for each status it answers with (their errors page).
 ERROR_TYPES = {
@@ -64,6 +75,8 @@ class Behaviour:
     chunk_delay: float = 0.0
     response_delay: float = 0.0
     stream_start_delay: float = 0.0  # after the 200 headers, before message_start
+    content_delay: float = 0.0  # after message_start, before the first content (thinking time)
+    betas: frozenset[str] = BETAS  # the beta flags it accepts (a Bedrock-like server: fewer)
     api_key: str | None = None  # None: any non-empty key is accepted, but one is required
     models: frozenset[str] | None = None  # None: every model exists; else 404 for the others
     fail_status: int | None = None
@@ -180,6 +193,18 @@ class FakeAnthropic:
             return {}, error_response(400, "anthropic-version: header is required")
         if version not in VERSIONS:
             return {}, error_response(400, f'anthropic-version: "{version}" is not a valid version')
+        unknown = [
+            flag.strip() for flag in headers.get("anthropic-beta", "").split(",")
+            if flag.strip() and flag.strip() not in behaviour.betas
+        ]  # fmt: skip
+        if unknown:
+            listed = ", ".join(f"`{flag}`" for flag in unknown)
+            return {}, error_response(
+                400,
+                f"Unexpected value(s) {listed} for the `anthropic-beta` "
+                "header. Please consult our documentation at "
+                "docs.anthropic.com or try again without the header.",
+            )
         if behaviour.fail_status is not None and behaviour.fail_times != 0:
             if behaviour.fail_times is not None:
                 behaviour.fail_times -= 1
@@ -224,7 +249,7 @@ class FakeAnthropic:
             count = 1 if choice.get("disable_parallel_tool_use") else behaviour.tool_calls
             calls = [
                 {"type": "tool_use", "id": self._id("toolu"), "name": tool["name"],
-                 "input": _sample_input(tool["input_schema"])}
+                 "input": sample_input(tool["input_schema"])}
                 for tool in itertools.islice(itertools.cycle(tools), count)
             ]  # fmt: skip
             # A forced tool choice prefills the turn, so the model writes no text before it.
@@ -247,6 +272,9 @@ class FakeAnthropic:
             if behaviour.stream_start_delay:
                 await asyncio.sleep(behaviour.stream_start_delay)
             for event in stream_events(message, ping_every=behaviour.ping_every):
+                first = event["type"] == "content_block_start" and event["index"] == 0
+                if first and behaviour.content_delay:
+                    await asyncio.sleep(behaviour.content_delay)
                 if event["type"] == "content_block_delta":
                     if deltas == behaviour.error_after_deltas:
                         error = {"type": behaviour.stream_error_type, "message": "Overloaded"}
@@ -338,17 +366,6 @@ async def _abandoned_while_waiting(request: web.Request, delay: float) -> bool:
             return True
         await asyncio.sleep(0.01)
     return False
-
-
-def _sample_input(schema: dict[str, Any]) -> dict[str, Any]:
-    """Arguments that fit the top level of a tool's input schema, so tests can predict them."""
-    samples: dict[Any, Any] = {"string": "fake", "integer": 1, "number": 1.5, "boolean": True,
-                               "array": [], "object": {}}  # fmt: skip
-    properties = schema.get("properties") or {}
-    return {
-        name: samples.get(spec.get("type") if isinstance(spec, dict) else None)
-        for name, spec in properties.items()
-    }
 
 
 def _input_tokens(body: dict[str, Any]) -> int:

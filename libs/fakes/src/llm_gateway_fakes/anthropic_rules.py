@@ -19,13 +19,15 @@ _FIELDS = frozenset({
     "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
     "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
     "output_config", "container", "mcp_servers", "context_management",
+    # fields the anthropic SDK 2.17 sends that older requests do not
+    "cache_control", "diagnostics", "inference_geo", "speed", "user_profile_id", "workspace_id",
 })  # fmt: skip
 _BLOCK_FIELDS = {
     "text": {"text", "cache_control", "citations"},
-    "image": {"source", "cache_control"},
+    "image": {"source", "cache_control", "transformations"},
     "document": {"source", "title", "context", "citations", "cache_control"},
-    "tool_use": {"id", "name", "input", "cache_control"},
-    "tool_result": {"tool_use_id", "content", "is_error", "cache_control"},
+    "tool_use": {"id", "name", "input", "cache_control", "caller", "toolset_name"},
+    "tool_result": {"tool_use_id", "content", "is_error", "cache_control", "toolset_name"},
     "thinking": {"thinking", "signature"},
     "redacted_thinking": {"data"},
 }

@@ -23,7 +23,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from llm_gateway_fakes.openai_rules import chat_problem
 from llm_gateway_fakes.threaded import ThreadedServer
+from llm_gateway_fakes.tool_inputs import sample_input
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Behaviour:
     api_key: str | None = None
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    use_tools: bool = False  # with tool_choice auto: answer with text, then tool calls
+    tool_calls: int = 1  # calls per answer (1 when parallel_tool_calls is false)
 
 
 @dataclass
@@ -94,10 +98,20 @@ class FakeOpenAI:
             return failure
         if not isinstance(body.get("messages"), list):
             return _error(400, "'messages' is a required property", "messages")
+        problem = chat_problem(body)
+        if problem is not None:
+            return _error(400, problem.message, problem.param, problem.code)
         words = self._words(request)
-        usage = self._usage(prompt_tokens(body.get("messages")), len(words))
+        calls, forced = self._calls(body)
+        if forced:
+            words = []  # a forced tool choice: the model writes no text before the call
+        usage = self._usage(prompt_tokens(body.get("messages")), len(words) + _call_tokens(calls))
         if body.get("stream"):
-            return await self._chat_stream(request, body, words, usage)
+            return await self._chat_stream(request, body, words, calls, usage)
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(words) or None,
+                                   "refusal": None}  # fmt: skip
+        if calls:
+            message["tool_calls"] = calls
         return web.json_response(
             {
                 "id": self._id("chatcmpl"),
@@ -107,13 +121,9 @@ class FakeOpenAI:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": "".join(words),
-                            "refusal": None,
-                        },
+                        "message": message,
                         "logprobs": None,
-                        "finish_reason": "stop",
+                        "finish_reason": "tool_calls" if calls else "stop",
                     }
                 ],
                 **self._usage_field(usage),
@@ -124,7 +134,12 @@ class FakeOpenAI:
         )
 
     async def _chat_stream(
-        self, request: web.Request, body: dict[str, Any], words: list[str], usage: dict[str, Any]
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        words: list[str],
+        calls: list[dict[str, Any]],
+        usage: dict[str, Any],
     ) -> web.StreamResponse:
         base = {
             "id": self._id("chatcmpl"),
@@ -139,12 +154,35 @@ class FakeOpenAI:
             return await self._sse(request, [(None, {"error": error})], done=False)
         with_usage = _include_usage(body)
         null_usage = {"usage": None} if with_usage else {}
-        chunks = [{**base, "choices": [_delta({"role": "assistant", "content": ""})], **null_usage}]
-        chunks += [{**base, "choices": [_delta({"content": w})], **null_usage} for w in words]
-        chunks.append({**base, "choices": [_delta({}, "stop")], **null_usage})
+        deltas: list[dict[str, Any]] = [{"content": w} for w in words] + _call_deltas(calls)
+        if words or not calls:
+            deltas.insert(0, {"role": "assistant", "content": ""})
+        else:  # only calls: the first names the role, with no text (null content)
+            deltas[0] = {"role": "assistant", "content": None, **deltas[0]}
+        chunks = [{**base, "choices": [_delta(d)], **null_usage} for d in deltas]
+        finish = "tool_calls" if calls else "stop"
+        chunks.append({**base, "choices": [_delta({}, finish)], **null_usage})
         if with_usage and not self.behaviour.omit_usage:
             chunks.append({**base, "choices": [], "usage": usage})
         return await self._sse(request, [(None, c) for c in chunks], done=True)
+
+    def _calls(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+        """The tool calls to answer with (and whether tool_choice forced them): when tools are
+        given and tool_choice is `required` or names one, or is auto and `use_tools` is set."""
+        functions = [t["function"] for t in body.get("tools") or []]
+        choice = body.get("tool_choice", "auto")
+        forced = choice == "required" or isinstance(choice, dict)
+        if not functions or not (forced or (choice == "auto" and self.behaviour.use_tools)):
+            return [], False
+        if isinstance(choice, dict):
+            functions = [f for f in functions if f["name"] == choice["function"]["name"]]
+        count = 1 if body.get("parallel_tool_calls") is False else self.behaviour.tool_calls
+        return [
+            {"id": self._id("call"), "type": "function",
+             "function": {"name": f["name"],
+                          "arguments": _dumps(sample_input(f.get("parameters")))}}
+            for f in itertools.islice(itertools.cycle(functions), count)
+        ], forced  # fmt: skip
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body, failure = await self._admit(request)
@@ -422,6 +460,30 @@ def _answer_model(requested: str) -> str:
 
 def _delta(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+def _call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A call streamed as OpenAI does: its id and name first, then its arguments in pieces."""
+    deltas: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        function = call["function"]
+        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                       "function": {"name": function["name"],
+                                                    "arguments": ""}}]})  # fmt: skip
+        deltas += [
+            {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+            for piece in _pieces(function["arguments"])
+        ]
+    return deltas
+
+
+def _pieces(arguments: str, size: int = 6) -> list[str]:
+    return [arguments[i : i + size] for i in range(0, len(arguments), size)]
+
+
+def _call_tokens(calls: list[dict[str, Any]]) -> int:
+    """A call costs its name and one token per streamed piece of its arguments."""
+    return sum(1 + len(_pieces(call["function"]["arguments"])) for call in calls)
 
 
 def _text_choice(text: str, finish: str | None) -> dict[str, Any]:
