@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
@@ -102,22 +102,78 @@ class ResponsesRequest(msgspec.Struct):
     reasoning: JSONObject | None = None
 
 
-ParsedRequest = ChatRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest
+class AnthropicMessage(msgspec.Struct):
+    role: str
+    content: str | list[JSONObject]
+
+
+class _MessagesBase(msgspec.Struct, kw_only=True):
+    """What the Messages API and its token count share (Anthropic's fields)."""
+
+    model: str
+    messages: list[AnthropicMessage]
+    system: str | list[JSONObject] | None = None
+    tools: list[JSONObject] | None = None
+    tool_choice: JSONObject | None = None
+    thinking: JSONObject | None = None
+
+    @property
+    def user(self) -> str | None:
+        return None
+
+
+class MessagesRequest(_MessagesBase, kw_only=True):
+    max_tokens: int
+    stream: bool | None = None
+    metadata: JSONObject | None = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+
+    @property
+    def user(self) -> str | None:
+        """`metadata.user_id`: the event's `user`, as OpenAI's `user` is."""
+        user = (self.metadata or {}).get("user_id")
+        return user if isinstance(user, str) else None
+
+
+class CountTokensRequest(_MessagesBase, kw_only=True):
+    pass
+
+
+ParsedRequest = (
+    ChatRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest | MessagesRequest
+    | CountTokensRequest
+)  # fmt: skip
+Face = Literal["openai", "anthropic"]
 
 
 @dataclass(frozen=True, slots=True)
 class Api:
-    """One OpenAI endpoint: its client path, request shape, and whether streams can carry usage
-    only on request (`stream_options.include_usage`)."""
+    """One endpoint: its client path, request shape, whether streams carry usage only on
+    request (`stream_options.include_usage`), the API clients speak there (`face`: its errors'
+    shape), and whether it runs a model that uses tokens (`metered`; a token count does not)."""
 
     path: str
     request_type: type[ParsedRequest]
     usage_on_request: bool
     decoder: msgspec.json.Decoder[Any]
+    face: Face = "openai"
+    metered: bool = True
 
     @classmethod
-    def define(cls, path: str, request_type: type[ParsedRequest], *, usage_on_request: bool) -> Api:
-        return cls(path, request_type, usage_on_request, msgspec.json.Decoder(request_type))
+    def define(
+        cls,
+        path: str,
+        request_type: type[ParsedRequest],
+        *,
+        usage_on_request: bool,
+        face: Face = "openai",
+        metered: bool = True,
+    ) -> Api:
+        decoder = msgspec.json.Decoder(request_type)
+        return cls(path, request_type, usage_on_request, decoder, face, metered)
 
     def parse(self, body: bytes) -> ParsedRequest:
         """Validate a request body; raises an InvalidRequest naming the offending `param`."""
@@ -141,6 +197,10 @@ CHAT = Api.define("/v1/chat/completions", ChatRequest, usage_on_request=True)
 COMPLETIONS = Api.define("/v1/completions", CompletionRequest, usage_on_request=True)
 EMBEDDINGS = Api.define("/v1/embeddings", EmbeddingRequest, usage_on_request=False)
 RESPONSES = Api.define("/v1/responses", ResponsesRequest, usage_on_request=False)
+# Anthropic's Messages API (docs/anthropic.md): its streams always carry usage.
+MESSAGES = Api.define("/v1/messages", MessagesRequest, usage_on_request=False, face="anthropic")
+COUNT_TOKENS = Api.define("/v1/messages/count_tokens", CountTokensRequest,
+                          usage_on_request=False, face="anthropic", metered=False)  # fmt: skip
 
 _NOT_UTF8 = "We could not parse the JSON body of your request: it is not valid UTF-8."
 _TOO_DEEP = "We could not parse the JSON body of your request: it is nested too deeply."

@@ -23,7 +23,13 @@ from llm_gateway_proxy import health
 from llm_gateway_proxy.access import Access
 from llm_gateway_proxy.bodyread import BodyReadDeadline
 from llm_gateway_proxy.cooldowns import Cooldowns
-from llm_gateway_proxy.errors import GatewayError, HTTPStatusError, MethodNotAllowed, NotFound
+from llm_gateway_proxy.errors import (
+    GatewayError,
+    HTTPStatusError,
+    MethodNotAllowed,
+    NotFound,
+    anthropic_client,
+)
 from llm_gateway_proxy.exchange import REQUEST_ID_HEADER, new_request_id
 from llm_gateway_proxy.gateway import Gateway
 from llm_gateway_proxy.handlers import ProxyHandler
@@ -182,15 +188,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         err = HTTPStatusError(detail, status=status)
     else:
         err = GatewayError("Request failed.")
-    return _render(err)
+    return _render(request, err)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    return _render(GatewayError("The gateway failed to handle the request."))
+    return _render(request, GatewayError("The gateway failed to handle the request."))
 
 
-def _render(err: GatewayError) -> Response:
-    return Response(
-        err.body(), status_code=err.status, media_type="application/json",
-        headers={REQUEST_ID_HEADER: new_request_id()},
-    )  # fmt: skip
+def _render(request: Request, err: GatewayError) -> Response:
+    """The error in OpenAI's shape, or Anthropic's for its clients."""
+    headers = {REQUEST_ID_HEADER: new_request_id()}
+    if anthropic_client(request.url.path, request.headers.raw):
+        return Response(err.anthropic_body(), status_code=err.anthropic_status,
+                        media_type="application/json", headers=headers)  # fmt: skip
+    return Response(err.body(), status_code=err.status, media_type="application/json",
+                    headers=headers)  # fmt: skip

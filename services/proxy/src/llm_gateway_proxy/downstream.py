@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from llm_gateway_proxy.errors import GatewayError, RequestTooLarge
+from llm_gateway_proxy.errors import GatewayError, RequestTooLarge, anthropic_client
 from llm_gateway_proxy.exchange import new_request_id
 
 Message = MutableMapping[str, Any]
@@ -29,8 +29,8 @@ class ClientDisconnected(Exception):
 
 class Downstream:
     __slots__ = (
-        "_receive", "_send", "_start_timer", "_watcher", "event_stream", "gone", "sent_bytes",
-        "started",
+        "_receive", "_send", "_start_timer", "_watcher", "anthropic", "event_stream", "gone",
+        "sent_bytes", "started",
     )  # fmt: skip
 
     def __init__(self, receive: Receive, send: Send) -> None:
@@ -42,6 +42,7 @@ class Downstream:
         self.started = False
         self.event_stream = False
         self.sent_bytes = 0
+        self.anthropic = False  # errors in Anthropic's shape (the Messages endpoints)
 
     async def read_body(self, limit: int, headers: list[tuple[bytes, bytes]]) -> bytes:
         """The whole request body; RequestTooLarge past `limit` (before reading, if declared)."""
@@ -116,10 +117,13 @@ class Downstream:
         blank line, which closes whatever event was cut off); any other body is left unfinished,
         so the server drops the connection and the client sees an incomplete body (no final
         chunk, or fewer bytes than declared), never a complete-looking one."""
-        payload = err.body()
+        if self.anthropic:
+            payload, status, event = err.anthropic_body(), err.anthropic_status, b"event: error\n"
+        else:
+            payload, status, event = err.body(), err.status, b""
         if self.started:
             if self.event_stream:
-                await self.body(b"\n\ndata: " + payload + b"\n\n", more=False)
+                await self.body(b"\n\n" + event + b"data: " + payload + b"\n\n", more=False)
             return
         headers = [
             (b"content-type", b"application/json"),
@@ -128,16 +132,16 @@ class Downstream:
             *err.headers(),
             *err.extra_headers,
         ]
-        await self.start(err.status, headers)
+        await self.start(status, headers)
         await self.body(payload, more=False)
 
 
-async def refuse(send: Send, err: GatewayError) -> None:
-    """Answer a request turned away before any handler (a middleware's refusal): the OpenAI
-    error JSON, its headers, and a fresh request id."""
-    await Downstream(_no_receive, send).error(
-        err, [(b"x-llm-request-id", new_request_id().encode())]
-    )
+async def refuse(send: Send, err: GatewayError, scope: MutableMapping[str, Any]) -> None:
+    """Answer a request turned away before any handler (a middleware's refusal): the error JSON
+    (OpenAI's, or Anthropic's for its clients), its headers, and a fresh request id."""
+    downstream = Downstream(_no_receive, send)
+    downstream.anthropic = anthropic_client(scope.get("path", ""), scope.get("headers", []))
+    await downstream.error(err, [(b"x-llm-request-id", new_request_id().encode())])
 
 
 async def _no_receive() -> Message:

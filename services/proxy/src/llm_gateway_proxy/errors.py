@@ -22,6 +22,10 @@
     │   └── UpstreamMisconfigured     502 api_error  (every provider refused our key/model)
     └── UpstreamTimeout               504 api_error
 
+On the Anthropic Messages endpoint (and for clients that send `anthropic-version`) the same
+errors render in Anthropic's shape, `{"type":"error","error":{"type","message"}}`, with the
+type Anthropic gives that status (`anthropic_type`) and 503 as Anthropic's 529 overloaded.
+
 Status, type, code and the event's `outcome` (`gateway_error`, or `upstream_error` when the
 provider is at fault) are class attributes: a status is never inferred from message text.
 Upstream 4xx/5xx answers are not GatewayErrors; they pass through untouched.
@@ -58,6 +62,22 @@ class GatewayError(Exception):
     def headers(self) -> list[tuple[bytes, bytes]]:
         """Extra response headers this error carries (Retry-After, ...)."""
         return []
+
+    @property
+    def anthropic_status(self) -> int:
+        """The status on the Anthropic face: a 503 (overloaded, shutting down, Redis away) is
+        Anthropic's 529, which its SDKs and Claude Code retry as overloaded."""
+        return 529 if self.status == 503 else self.status
+
+    def anthropic_body(self, request_id: str | None = None) -> bytes:
+        """The Anthropic error object, as the anthropic SDKs parse it."""
+        body: dict[str, object] = {
+            "type": "error",
+            "error": {"type": anthropic_type(self.anthropic_status), "message": self.message},
+        }
+        if request_id is not None:
+            body["request_id"] = request_id
+        return orjson.dumps(body)
 
     def body(self) -> bytes:
         """The OpenAI error object, as the SDKs parse it."""
@@ -247,3 +267,35 @@ class HTTPStatusError(GatewayError):
         self.status = status  # type: ignore[misc]
         self.type = "invalid_request_error" if status < 500 else "api_error"  # type: ignore[misc]
         self.code = f"http_{status}"  # type: ignore[misc]
+
+
+# Anthropic's error `type` for each status it answers with (their errors page, REFERENCE.md s. 9).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_type(status: int) -> str:
+    """Anthropic's error type for a status; others by class (4xx invalid request, 5xx api)."""
+    found = _ANTHROPIC_TYPES.get(status)
+    if found is not None:
+        return found
+    return "invalid_request_error" if status < 500 else "api_error"
+
+
+def anthropic_client(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether errors to this request take Anthropic's shape: the Messages endpoints, and any
+    request from a client that speaks Anthropic's API (it sends `anthropic-version`)."""
+    if path.startswith("/v1/messages"):
+        return True
+    return any(name == b"anthropic-version" for name, _ in headers)

@@ -22,6 +22,10 @@ MAX_HEADER_ID = 256
 _FREE = Decimal(0)
 _ESTIMABLE = frozenset({"ok", "client_disconnected"})
 _KEEP_BODY_BYTES = 64 * 1024
+# The request headers the exchange reads (the last of a repeated one wins).
+_READ_HEADERS = frozenset(
+    {b"x-llm-tenant", b"x-tenant", b"x-request-id", b"traceparent", b"x-claude-code-session-id"}
+)
 
 
 class Exchange:
@@ -52,6 +56,7 @@ class Exchange:
         "requested_tenant",
         "response_bytes",
         "response_model",
+        "session_id",
         "started",
         "started_at",
         "status",
@@ -100,24 +105,18 @@ class Exchange:
         self.upstream_started: float | None = None
         self.upstream_done: float | None = None
         self.metered = metered
-        tenant = x_tenant = client_request_id = traceparent = None
-        for name, value in scope_headers:
-            if name == b"x-llm-tenant":
-                tenant = value
-            elif name == b"x-tenant":
-                x_tenant = value
-            elif name == b"x-request-id":
-                client_request_id = value
-            elif name == b"traceparent":
-                traceparent = value
-        self.requested_tenant = _header_text(tenant or x_tenant)
+        found = {name: value for name, value in scope_headers if name in _READ_HEADERS}
+        self.requested_tenant = _header_text(found.get(b"x-llm-tenant") or found.get(b"x-tenant"))
+        # a coding agent's session (Claude Code's)
+        self.session_id = _header_text(found.get(b"x-claude-code-session-id"))
         self.tenant = self.requested_tenant or "default"
         self.key: KeyRecord | None = None
         self.tenant_limits: Limits | None = None
-        self.client_request_id = _header_text(client_request_id)
+        self.client_request_id = _header_text(found.get(b"x-request-id"))
         # The trace the event names: the server span's (tracing.py) when tracing is on, else
         # the client's own, so that a bill line still leads to the client's trace.
         self.trace: RequestTrace | None = None
+        traceparent = found.get(b"traceparent")
         self.trace_id = None if traceparent is None else client_trace_id(traceparent)
         self.upstream_request_id: str | None = None
         self.model: str | None = None
@@ -220,6 +219,7 @@ class Exchange:
             request_id=self.request_id,
             client_request_id=self.client_request_id,
             trace_id=self.trace_id,
+            session_id=self.session_id,
             upstream_request_id=self.upstream_request_id,
             tenant=self.tenant,
             key_id=None if self.key is None else self.key.id,

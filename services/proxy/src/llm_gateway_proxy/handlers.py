@@ -18,6 +18,7 @@ import orjson
 import structlog
 
 from llm_gateway_proxy.apis import (
+    COUNT_TOKENS,
     MAX_MODEL_NAME,
     Api,
     ParsedRequest,
@@ -33,20 +34,25 @@ from llm_gateway_proxy.errors import (
     ModelNotAllowed,
     ModelNotFound,
     NotFound,
+    UnsupportedByProvider,
+    anthropic_client,
 )
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.gateway import Gateway
 from llm_gateway_proxy.keys import KeyRecord
-from llm_gateway_proxy.modellist import listing, model_object
+from llm_gateway_proxy.modellist import MODELS_PATHS, anthropic_models, listing, model_object
 from llm_gateway_proxy.paths import PathTable, Target
 from llm_gateway_proxy.relay import relay
 from llm_gateway_proxy.routeplan import Plan
 from llm_gateway_proxy.router import Call
+from llm_gateway_proxy.tokencount import PROCESS_COUNTER
+from llm_gateway_proxy.usage import estimate_message_tokens
 
 Scope = MutableMapping[str, Any]
 
 _CLIENT_CLOSED = 499  # nginx's "client closed request"; no response status was sent
 _MAX_ENDPOINT = 256  # an unknown path is recorded cut to this length
+_TOKENIZER_WAIT = 10.0  # seconds a first local token count waits for its tokenizer to load
 
 log = structlog.get_logger("llm_gateway.proxy")
 
@@ -65,12 +71,16 @@ class ProxyHandler:
         exchange = Exchange(
             gateway.ids.pair(), scope["headers"], endpoint, scope["method"],
             gateway.router.planner.default_provider,
-            metered=target is not None and target.api is not None,
+            metered=target is not None and target.api is not None and target.api.metered,
         )  # fmt: skip
         if gateway.tracing is not None:
             exchange.trace = gateway.tracing.request(scope["headers"], scope["method"], target)
             exchange.trace_id = exchange.trace.trace_id
         downstream = Downstream(receive, send)
+        if target is not None and target.api is not None:  # Anthropic's errors for its clients
+            downstream.anthropic = target.api.face == "anthropic"
+        else:
+            downstream.anthropic = anthropic_client(scope["path"], scope["headers"])
         try:
             await self._serve(gateway, scope, target, exchange, downstream)
         except asyncio.CancelledError:
@@ -104,11 +114,14 @@ class ProxyHandler:
                 exchange.tenant = gateway.access.tenant(key, exchange.requested_tenant)
             if target is None:
                 raise NotFound(f"Unknown request URL: {scope['method']} {exchange.endpoint}.")
-            if gateway.router.planner.lists_models(scope["method"], target.pattern) and (
+            if self._lists_models(gateway, scope, target, downstream) and (
                 await self._list_models(gateway, scope, target, exchange, downstream, key=key)
             ):
                 return
             call, plan = await self._admit(gateway, scope, target, exchange, downstream, key=key)
+            if plan is None:  # a token count no target of the model can make: estimated here
+                await _count_tokens_here(call, exchange, downstream, id_header)
+                return
             downstream.watch_disconnect()
             answer = await gateway.router.forward(plan, call, exchange)
             exchange.upstream_called = True
@@ -133,9 +146,10 @@ class ProxyHandler:
         downstream: Downstream,
         *,
         key: KeyRecord | None,
-    ) -> tuple[Call, Plan]:
-        """Read and check the request, route it, admit it; returns what the router sends. The
-        body lives only as long as the request (the exchange keeps what metering needs)."""
+    ) -> tuple[Call, Plan | None]:
+        """Read and check the request, route it, admit it; returns what the router sends (no
+        plan: a token count the gateway estimates itself). The body lives only as long as the
+        request (the exchange keeps what metering needs)."""
         settings = gateway.settings
         body = await downstream.read_body(settings.max_request_body_bytes, scope["headers"])
         exchange.keep_request(body, settings.metering_capture_bytes)
@@ -148,7 +162,7 @@ class ProxyHandler:
             gateway.access.authorize_model(key, exchange.model)
             if exchange.model is None and target.runs_a_model(scope["method"]):
                 _require_named_model(key)
-        plan = gateway.router.planner.plan(target.api, exchange.model)  # 404 for an unknown model
+        plan = _plan(gateway, target, exchange.model)  # 404 for an unknown model
         if key is not None:
             exchange.tenant_limits = await gateway.access.admit(key)
         call = Call(
@@ -158,6 +172,17 @@ class ProxyHandler:
             include_usage=request is not None and client_asked_for_usage(request),
         )  # fmt: skip
         return call, plan
+
+    @staticmethod
+    def _lists_models(
+        gateway: Gateway, scope: Scope, target: Target, downstream: Downstream
+    ) -> bool:
+        """Whether the gateway answers a models request itself: with a model table, or for an
+        Anthropic client (which needs Anthropic's list shape, not the provider's)."""
+        planner = gateway.router.planner
+        if planner.lists_models(scope["method"], target.pattern):
+            return True
+        return downstream.anthropic and scope["method"] == "GET" and target.pattern in MODELS_PATHS
 
     async def _list_models(
         self,
@@ -184,17 +209,15 @@ class ProxyHandler:
         else:
             exchange.model = model = scope["path"].rsplit("/", 1)[1]
             known = model in router.table.public_names
-            if (
-                not known
-                and allowed(model)
-                and router.planner.has_default
-                and router.table.route(model)
-            ):
+            routed = allowed(model) and router.table.route(model) is not None
+            if not known and routed and router.planner.has_default and not downstream.anthropic:
                 return False  # a pattern's name: the provider knows it, if anyone does
-            if not known or not allowed(model):
+            if not (known and allowed(model)) and not (routed and downstream.anthropic):
                 raise ModelNotFound(f"The model `{model}` does not exist or you do not have "
                                     "access to it.", param="model")  # fmt: skip
             body = orjson.dumps(model_object(model))
+        if downstream.anthropic:
+            body = anthropic_models(body)
         exchange.status = 200
         exchange.mark_first_byte()
         await downstream.json(200, body, [(b"x-llm-request-id", exchange.request_id.encode())])
@@ -212,6 +235,33 @@ def _call(scope: Scope, target: Target) -> Call:
         headers=scope["headers"], body=b"", api=None, request=None, stream=False,
         include_usage=False,
     )  # fmt: skip
+
+
+def _plan(gateway: Gateway, target: Target, model: str | None) -> Plan | None:
+    """The request's plan; None for a token count whose model's own targets cannot count
+    (they are not Anthropic's): the gateway estimates it, for that model, not a fallback."""
+    planner = gateway.router.planner
+    if target.api is not COUNT_TOKENS:
+        return planner.plan(target.api, model)
+    try:
+        plan = planner.plan(target.api, model)
+    except UnsupportedByProvider:
+        return None
+    return plan if plan.steps[0].name == model else None
+
+
+async def _count_tokens_here(
+    call: Call, exchange: Exchange, downstream: Downstream, id_header: list[tuple[bytes, bytes]]
+) -> None:
+    """`{"input_tokens": N}` counted with the model family's tokenizer (loaded for it, in a
+    thread, on the first count), marked `x-llm-token-count: estimated`."""
+    if not PROCESS_COUNTER.wait_loaded(exchange.model, 0):
+        await asyncio.to_thread(PROCESS_COUNTER.wait_loaded, exchange.model, _TOKENIZER_WAIT)
+    tokens = estimate_message_tokens(call.body, exchange.model)
+    exchange.status = 200
+    exchange.mark_first_byte()
+    await downstream.json(200, orjson.dumps({"input_tokens": tokens}),
+                          [*id_header, (b"x-llm-token-count", b"estimated")])  # fmt: skip
 
 
 def _parse(api: Api, body: bytes, exchange: Exchange) -> ParsedRequest:

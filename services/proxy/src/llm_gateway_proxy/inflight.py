@@ -50,7 +50,7 @@ class InFlightLimit:
             return
         state = self.in_flight
         if state.current >= state.limit:
-            await _refuse(state, send)
+            await _refuse(state, send, scope)
             return
         state.current += 1
         if state.saturated and state.current <= state.limit // 2:
@@ -61,7 +61,7 @@ class InFlightLimit:
             state.current -= 1
 
 
-async def _refuse(state: InFlight, send: Send) -> None:
+async def _refuse(state: InFlight, send: Send, scope: Scope) -> None:
     state.refused += 1
     if not state.saturated:
         state.saturated = True
@@ -69,4 +69,4 @@ async def _refuse(state: InFlight, send: Send) -> None:
     err = Overloaded(
         f"The gateway is at its limit of {state.limit} requests in flight; retry shortly."
     )
-    await refuse(send, err)
+    await refuse(send, err, scope)

@@ -46,6 +46,9 @@ class Provider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     headers: dict[str, str] = {}
     timeouts: Timeouts = Timeouts()
     max_tokens: int = 4096  # anthropic: the max_tokens sent when the client sets none
+    # anthropic: the `anthropic-beta` flags forwarded from Messages clients (None: all of them;
+    # a list: only those, for servers that refuse flags they do not know); others are dropped
+    betas: list[str] | None = None
 
 
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,11 +1,13 @@
 """`GET /v1/models[/{model}]` with a model table: the public names the gateway routes, in
 OpenAI's list shape, narrowed to what the caller's key may use. A table with a pattern route
 (`llama-*`) also lists what the default provider lists (the names it would pass through),
-when it has one; without MODELS_FILE the provider's own answer passes through as before."""
+when it has one; without MODELS_FILE the provider's own answer passes through as before (but to
+Anthropic clients, who get every list in Anthropic's shape)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -53,3 +55,23 @@ def _provider_models(body: bytes | None) -> list[dict[str, Any]]:
     if not isinstance(data, list):
         return []
     return [item for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+
+def anthropic_models(body: bytes) -> bytes:
+    """An OpenAI model list (or model object) of `listing`/`model_object` in Anthropic's shape,
+    for clients that send `anthropic-version` (Claude Code, the anthropic SDKs)."""
+    payload = orjson.loads(body)
+    if payload.get("object") != "list":
+        return orjson.dumps(_anthropic_model(payload))
+    data = [_anthropic_model(item) for item in payload["data"]]
+    first = data[0]["id"] if data else None
+    last = data[-1]["id"] if data else None
+    return orjson.dumps({"data": data, "has_more": False, "first_id": first, "last_id": last})
+
+
+def _anthropic_model(item: dict[str, Any]) -> dict[str, Any]:
+    created = item.get("created")
+    stamp = created if isinstance(created, int) and 0 <= created < 2**33 else 0
+    when = datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    name = item["id"]
+    return {"type": "model", "id": name, "display_name": name, "created_at": when}

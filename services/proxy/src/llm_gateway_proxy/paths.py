@@ -24,14 +24,23 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
-from llm_gateway_proxy.apis import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Api
+from llm_gateway_proxy.apis import (
+    CHAT,
+    COMPLETIONS,
+    COUNT_TOKENS,
+    EMBEDDINGS,
+    MESSAGES,
+    RESPONSES,
+    Api,
+)
 from llm_gateway_proxy.downstream import refuse
 from llm_gateway_proxy.errors import GatewayError, InvalidPath
 
 API_PREFIX = "/v1/"
 
 _METERED: dict[str, Api] = {
-    api.path[len(API_PREFIX) :]: api for api in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)
+    api.path[len(API_PREFIX) :]: api
+    for api in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, MESSAGES, COUNT_TOKENS)
 }
 # Pass-through POSTs that run no model. Everything else may (images, audio, batches, and any
 # path an operator adds), so a key limited to some models must name an allowed one there; a batch
@@ -133,7 +142,7 @@ class CanonicalPaths:
             path = check_path(raw)
             check_query(scope.get("query_string", b""))
         except GatewayError as err:
-            await refuse(send, err)
+            await refuse(send, err, scope)
             return
         scope["path"] = path
         await self.app(scope, receive, send)

@@ -3,14 +3,14 @@
 OpenAI-format answers (openai, azure, every pass-through) go as they came: streams through the
 SSE tap (which may remove the usage chunk the gateway asked for), metered JSON read whole,
 anything else streamed on. Translated answers (anthropic) are rebuilt in OpenAI's shape:
-errors, whole messages and streams (`providers/anthropic*.py`).
+errors, whole messages and streams (`providers/anthropic*.py`). Answers to the Messages API's
+clients go by relay_messages.py.
 The bytes the router already read from a stream (`Answer.prefetched`) go first.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import aiohttp
 import orjson
@@ -21,7 +21,19 @@ from llm_gateway_proxy.errors import UpstreamIncomplete, UpstreamMalformed
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.providers.anthropic_response import MalformedResponse, error_in, response_in
 from llm_gateway_proxy.providers.anthropic_stream import SSEOverflow, SSEParser, StreamTranslator
-from llm_gateway_proxy.router import NO_RETRY, Answer
+from llm_gateway_proxy.relay_messages import relay_messages
+from llm_gateway_proxy.replies import (
+    JSON_HEADER,
+    SSE_HEADERS,
+    SSE_REPLACED,
+    Headers,
+    estimate_model,
+    merged,
+    parse_json,
+    send_whole,
+    upstream_error_type,
+)
+from llm_gateway_proxy.router import Answer
 from llm_gateway_proxy.streaming import SSETap, estimate_stream_tokens
 from llm_gateway_proxy.upstream import (
     is_event_stream,
@@ -31,16 +43,10 @@ from llm_gateway_proxy.upstream import (
 )
 from llm_gateway_proxy.usage import estimate_tokens, model_from_payload, usage_from_payload
 
-Headers = list[tuple[bytes, bytes]]
-
-# Keep every intermediary (nginx, ingress controllers, CDNs) from buffering or compressing SSE.
-_SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-_SSE_REPLACED = frozenset({b"cache-control", b"x-accel-buffering"})
 _USAGE_REPORT_BYTES = 1 << 20  # pass-through JSON answers up to this size are read for usage
 # A stream's first bytes, kept in case it reports no usage: ~60 chat chunks, whose tokens per
 # event are scaled to the whole stream (streaming.estimate_stream_tokens).
 _ESTIMATE_SAMPLE_BYTES = 16 * 1024
-_JSON = (b"content-type", b"application/json")
 
 
 async def relay(
@@ -57,12 +63,15 @@ async def relay(
     exchange.status = response.status
     completed = False
     try:
-        if answer.choice.adapter.translates:
+        if api is not None and api.face == "anthropic":  # the Messages API (relay_messages.py)
+            await relay_messages(answer, api, exchange, downstream, headers=headers,
+                                 capture_bytes=capture_bytes)  # fmt: skip
+        elif answer.choice.adapter.translates:
             exchange.upstream_request_id = response.headers.get("request-id")
             await _relay_translated(answer, exchange, downstream, headers, capture_bytes)
         else:
             exchange.upstream_request_id = response.headers.get("x-request-id")
-            headers = _merged(response_headers(response), headers)
+            headers = merged(response_headers(response), headers)
             if is_event_stream(response):
                 await _relay_stream(answer, exchange, downstream, headers, capture_bytes)
             elif api is None:
@@ -88,8 +97,8 @@ async def _relay_stream(
     response = answer.response
     exchange.strip_usage_chunk = answer.strip_usage_chunk
     tap = SSETap(strip_usage_chunk=answer.strip_usage_chunk)
-    headers = [h for h in headers if h[0] not in _SSE_REPLACED]
-    headers.extend(_SSE_HEADERS)
+    headers = [h for h in headers if h[0] not in SSE_REPLACED]
+    headers.extend(SSE_HEADERS)
     captured = bytearray()
     sample = bytearray()
     await downstream.start(response.status, headers, event_stream=True)
@@ -119,7 +128,7 @@ async def _relay_stream(
         exchange.completion_estimate = (
             tap.events
             if tap.usage is not None
-            else (estimate_stream_tokens(bytes(sample), tap.events, _model(exchange)))
+            else (estimate_stream_tokens(bytes(sample), tap.events, estimate_model(exchange)))
         )
         exchange.response_bytes = downstream.sent_bytes
         if capture_bytes:
@@ -140,15 +149,15 @@ async def _relay_body(
     """A JSON answer from a metered API: read whole, usage taken from it, sent in one piece."""
     response = answer.response
     raw = answer.body if answer.body is not None else await read_body(response)
-    payload = _json(raw)
+    payload = parse_json(raw)
     if response.status < 400:
         exchange.usage = usage_from_payload(payload)
         exchange.response_model = model_from_payload(payload)
         if exchange.usage is None:
-            exchange.completion_estimate = estimate_tokens(raw, _model(exchange))
+            exchange.completion_estimate = estimate_tokens(raw, estimate_model(exchange))
     else:
         exchange.fail("upstream_error", upstream_error_type(payload, response.status))
-    await _send_whole(response.status, raw, exchange=exchange, downstream=downstream,
+    await send_whole(response.status, raw, exchange=exchange, downstream=downstream,
                       headers=headers, capture_bytes=capture_bytes)  # fmt: skip
 
 
@@ -176,7 +185,7 @@ async def _relay_chunks(
     if response.status >= 400:
         exchange.fail("upstream_error", f"http_{response.status}")
     elif tee:
-        payload = _json(bytes(tee))
+        payload = parse_json(bytes(tee))
         exchange.usage = usage_from_payload(payload)
         exchange.response_model = model_from_payload(payload)
 
@@ -197,10 +206,10 @@ async def _relay_translated(
         status, raw = error_in(response.status, sent)
         exchange.status = status
         # The event names the provider's own type (`overloaded_error`), not the OpenAI one.
-        exchange.fail("upstream_error", upstream_error_type(_json(sent), response.status))
+        exchange.fail("upstream_error", upstream_error_type(parse_json(sent), response.status))
         wait = response.headers.get("retry-after")  # a 429's, for the client's SDK
-        kept = [_JSON, (b"retry-after", wait.encode("latin-1"))] if wait else [_JSON]
-        await _send_whole(status, raw, exchange=exchange, downstream=downstream,
+        kept = [JSON_HEADER, (b"retry-after", wait.encode("latin-1"))] if wait else [JSON_HEADER]
+        await send_whole(status, raw, exchange=exchange, downstream=downstream,
                           headers=[*kept, *headers], capture_bytes=capture_bytes)  # fmt: skip
     elif is_event_stream(response):
         await _relay_translated_stream(answer, exchange, downstream, headers, capture_bytes)
@@ -213,8 +222,8 @@ async def _relay_translated(
         payload = orjson.loads(raw)
         exchange.usage = usage_from_payload(payload)
         exchange.response_model = model_from_payload(payload)
-        await _send_whole(200, raw, exchange=exchange, downstream=downstream,
-                          headers=[_JSON, *headers], capture_bytes=capture_bytes)  # fmt: skip
+        await send_whole(200, raw, exchange=exchange, downstream=downstream,
+                          headers=[JSON_HEADER, *headers], capture_bytes=capture_bytes)  # fmt: skip
 
 
 async def _relay_translated_stream(
@@ -225,7 +234,7 @@ async def _relay_translated_stream(
     capture_bytes: int,
 ) -> None:
     translation = _Translation(answer, exchange, downstream, capture_bytes)
-    started = [(b"content-type", b"text/event-stream; charset=utf-8"), *_SSE_HEADERS, *headers]
+    started = [(b"content-type", b"text/event-stream; charset=utf-8"), *SSE_HEADERS, *headers]
     await downstream.start(200, started, event_stream=True)
     try:
         with map_exceptions():
@@ -280,54 +289,3 @@ class _Translation:
         exchange.response_bytes = self.downstream.sent_bytes
         if self.capture_bytes:
             exchange.captured_response = bytes(self.captured)
-
-
-# --- shared -----------------------------------------------------------------------------------
-
-
-async def _send_whole(
-    status: int,
-    raw: bytes,
-    *,
-    exchange: Exchange,
-    downstream: Downstream,
-    headers: Headers,
-    capture_bytes: int,
-) -> None:
-    exchange.response_bytes = len(raw)
-    if capture_bytes:
-        exchange.captured_response = raw[: capture_bytes + 1]
-    headers.append((b"content-length", str(len(raw)).encode()))
-    exchange.mark_first_byte()
-    await downstream.start(status, headers)
-    await downstream.body(raw, more=False)
-
-
-def _merged(provider: Headers, ours: Headers) -> Headers:
-    """The provider's headers, then the gateway's: where the gateway says whether to retry, the
-    provider's say is dropped (a client would read both and retry)."""
-    if NO_RETRY in ours:
-        provider = [h for h in provider if h[0] != b"x-should-retry"]
-    return provider + ours
-
-
-def _model(exchange: Exchange) -> str | None:
-    """The model whose tokenizer an estimate uses: the upstream's name, else the client's."""
-    return exchange.upstream_model or exchange.response_model or exchange.model
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def upstream_error_type(payload: Any, status: int) -> str:
-    """The provider's error type (`rate_limit_error`, ...) when its body says, else the status."""
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict):
-        for key in ("type", "code"):
-            if isinstance(error.get(key), str) and error[key]:
-                return str(error[key])
-    return f"http_{status}"

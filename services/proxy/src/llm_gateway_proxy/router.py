@@ -45,6 +45,7 @@ from llm_gateway_proxy.errors import (
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.modelconfig import ModelTable, Routing
 from llm_gateway_proxy.providers.adapters import Outgoing
+from llm_gateway_proxy.providers.messages_openai import ToolNames
 from llm_gateway_proxy.providers.streamstart import Verdict
 from llm_gateway_proxy.routeplan import Choice, Plan, Planner, Step, route_header
 from llm_gateway_proxy.tracing import end_attempt
@@ -86,6 +87,7 @@ class Answer:
     include_usage: bool = False  # the client asked for the usage chunk (translated streams)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytes | None = None  # a whole answer, already read (when another attempt was possible)
+    tool_names: ToolNames | None = None  # tool names the translation shortened, to restore
 
 
 class _Failed(Exception):
@@ -261,7 +263,7 @@ class Router:
         model = choice.model if call.api is not None else None
         outgoing = adapter.outgoing(call.api, call.body, call.request, model)
         url: URL = adapter.url(call.api, call.forward_path, call.query, model)
-        headers = adapter.headers(call.headers)
+        headers = adapter.headers(call.headers, call.api)
         exchange.attempt(adapter.otel_name, adapter.name, model or exchange.model, choice.id)
         route = choice.route or route_header(adapter.name, exchange.model or "")
         answer_headers = [(b"x-llm-route", route)]
@@ -308,7 +310,8 @@ class Router:
                 call.method, url, headers, outgoing.body, choice.adapter.timeout
             )
             answer = Answer(response, choice, b"", outgoing.strip_usage_chunk,
-                            call.include_usage, answer_headers)  # fmt: skip
+                            call.include_usage, answer_headers,
+                            tool_names=outgoing.tool_names)  # fmt: skip
             if call.api is None:
                 return answer  # pass-through: the provider's answer, whatever it is
             if response.status >= 400:

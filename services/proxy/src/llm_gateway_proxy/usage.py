@@ -23,7 +23,10 @@ from llm_gateway_proxy.tokencount import PROCESS_COUNTER, TokenCounter
 # OpenAI's rule of thumb for English text: only until the tokenizer is loaded, and for non-JSON.
 CHARS_PER_TOKEN = 4
 IMAGE_TOKENS = 85
-_TEXT_KEYS = frozenset({"content", "text", "prompt", "input", "instructions", "arguments"})
+_TEXT_KEYS = frozenset({"content", "text", "prompt", "input", "instructions", "arguments",
+                        "system"})  # fmt: skip
+# The most an image costs Anthropic's models (after their resize to ~1.15 megapixels: w*h/750).
+MESSAGES_IMAGE_TOKENS = 1600
 
 
 class Usage(NamedTuple):
@@ -101,7 +104,7 @@ def _texts(root: Any) -> tuple[list[str], int]:
             if inside_text:
                 texts.append(value)
         elif isinstance(value, dict):
-            if value.get("type") in ("image_url", "input_image"):
+            if value.get("type") in ("image_url", "input_image", "image"):
                 images += 1
                 continue
             stack.extend((item, key in _TEXT_KEYS) for key, item in reversed(value.items()))
@@ -117,3 +120,30 @@ def _detail(raw: dict[str, Any], group: str, key: str) -> Any:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def estimate_message_tokens(
+    body: bytes, model: str | None, counter: TokenCounter = PROCESS_COUNTER
+) -> int:
+    """The input tokens of a Messages request (`/v1/messages/count_tokens` for a model no
+    provider can count for): system, messages, tool calls and results, and the tool definitions
+    (names, descriptions, schemas as JSON), counted with `model`'s tokenizer; images at the most
+    an image costs."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0
+    if not isinstance(payload, dict):
+        return 0
+    texts, images = _texts({key: payload.get(key) for key in ("system", "messages")})
+    for message in payload.get("messages") or ():
+        for block in (message.get("content") if isinstance(message, dict) else None) or ():
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                texts.append(orjson.dumps(block.get("input")).decode())
+    for tool in payload.get("tools") or ():
+        if isinstance(tool, dict):
+            texts.append(orjson.dumps(tool).decode())
+    tokens = counter.count(texts, model)
+    if tokens is None:
+        tokens = math.ceil(sum(map(len, texts)) / CHARS_PER_TOKEN)
+    return tokens + images * MESSAGES_IMAGE_TOKENS
