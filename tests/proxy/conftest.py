@@ -1,4 +1,4 @@
-"""Fixtures for the proxy tests that need a Redis of their own."""
+"""Fixtures for the proxy tests: a Redis of their own, an Anthropic fake per module."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
+from llm_gateway_fakes.anthropic import FakeAnthropicServer
 from tests.support.servers import LocalRedis
 
 
@@ -26,3 +27,11 @@ async def client(server: LocalRedis) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(server.url, socket_timeout=10)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def anthropic_server() -> Iterator[FakeAnthropicServer]:
+    """An Anthropic fake for the module's tests (each resets what it changes)."""
+    server = FakeAnthropicServer().start()
+    yield server
+    server.stop()

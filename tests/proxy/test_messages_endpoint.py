@@ -29,6 +29,7 @@ from llm_gateway_proxy.keystore import KeyStore
 from tests.conftest import ProxyFactory
 from tests.proxy.test_access import record
 from tests.support.events import event_for
+from tests.support.metrics import scrape, value
 from tests.support.services import ProxyProcess
 
 ANTHROPIC_KEY = "sk-ant-provider-key-msg-0123456789"
@@ -79,13 +80,6 @@ def _models_file(anthropic_url: str, openai_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def anthropic_server() -> Iterator[FakeAnthropicServer]:
-    server = FakeAnthropicServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def openai_server() -> Iterator[FakeOpenAIServer]:
     server = FakeOpenAIServer().start()
     yield server
@@ -102,7 +96,8 @@ def messages_proxy(
     path: Path = tmp_path_factory.mktemp("messages") / "models.yaml"
     path.write_text(yaml.safe_dump(_models_file(anthropic_server.base_url, openai_server.base_url)))
     return proxy_factory(MODELS_FILE=str(path), MSG_ANTHROPIC_KEY=ANTHROPIC_KEY,
-                         MSG_OPENAI_KEY=OPENAI_KEY, AUTH_MODE="keys", MANAGEMENT_TOKEN="msg-token")  # fmt: skip
+                         MSG_OPENAI_KEY=OPENAI_KEY, AUTH_MODE="keys",
+                         MANAGEMENT_TOKEN="msg-token")  # fmt: skip
 
 
 @pytest.fixture
@@ -592,3 +587,30 @@ async def test_gateway_errors_on_the_endpoint_are_anthropic_shaped(
         assert response.status in (400, 429)
         assert (await response.json())["type"] == "error"
     await client.close()
+
+
+async def test_messages_requests_in_the_metrics(
+    messages_proxy: ProxyProcess, sdk: anthropic.AsyncAnthropic, http: aiohttp.ClientSession
+) -> None:
+    before = await scrape(http, messages_proxy.manage_url)
+    async with sdk.messages.stream(model=GPT, max_tokens=16, messages=HELLO) as stream:
+        await stream.get_final_message()
+    await sdk.messages.create(model=CLAUDE, max_tokens=16, messages=HELLO)
+    await sdk.messages.count_tokens(model=GPT, messages=HELLO)
+    after = await scrape(http, messages_proxy.manage_url)
+
+    def added(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    requests = "llm_gateway_requests_total"
+    assert added(requests, endpoint="/v1/messages", status_class="2xx", outcome="ok") == 2
+    assert added(requests, endpoint="/v1/messages/count_tokens", status_class="2xx",
+                 outcome="ok") == 1  # fmt: skip
+    duration = "gen_ai_client_operation_duration_seconds_count"
+    chat = {"gen_ai_operation_name": "chat", "error_type": ""}
+    assert added(duration, **chat, gen_ai_provider_name="openai", gen_ai_request_model=GPT) == 1
+    assert added(duration, **chat, gen_ai_provider_name="anthropic",
+                 gen_ai_request_model=CLAUDE) == 1  # fmt: skip
+    first_chunk = "gen_ai_client_operation_time_to_first_chunk_seconds_count"
+    assert added(first_chunk, gen_ai_operation_name="chat", gen_ai_provider_name="openai",
+                 gen_ai_request_model=GPT) == 1  # fmt: skip

@@ -88,13 +88,6 @@ def azure_server() -> Iterator[FakeAzureServer]:
 
 
 @pytest.fixture(scope="module")
-def anthropic_server() -> Iterator[FakeAnthropicServer]:
-    server = FakeAnthropicServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def routes_proxy(
     proxy_factory: ProxyFactory,
     azure_server: FakeAzureServer,

@@ -153,7 +153,8 @@ Face = Literal["openai", "anthropic"]
 class Api:
     """One endpoint: its client path, request shape, whether streams carry usage only on
     request (`stream_options.include_usage`), the API clients speak there (`face`: its errors'
-    shape), and whether it runs a model that uses tokens (`metered`; a token count does not)."""
+    shape), whether it runs a model that uses tokens (`metered`; a token count does not), and
+    its `gen_ai.operation.name` (metrics, spans; None for what runs no model)."""
 
     path: str
     request_type: type[ParsedRequest]
@@ -161,6 +162,7 @@ class Api:
     decoder: msgspec.json.Decoder[Any]
     face: Face = "openai"
     metered: bool = True
+    operation: str | None = "chat"
 
     @classmethod
     def define(
@@ -171,9 +173,10 @@ class Api:
         usage_on_request: bool,
         face: Face = "openai",
         metered: bool = True,
+        operation: str | None = "chat",
     ) -> Api:
         decoder = msgspec.json.Decoder(request_type)
-        return cls(path, request_type, usage_on_request, decoder, face, metered)
+        return cls(path, request_type, usage_on_request, decoder, face, metered, operation)
 
     def parse(self, body: bytes) -> ParsedRequest:
         """Validate a request body; raises an InvalidRequest naming the offending `param`."""
@@ -193,14 +196,24 @@ class Api:
         return parsed
 
 
+# The operation names are OpenTelemetry's (the Responses and Messages APIs are chats, as
+# peers name them).
 CHAT = Api.define("/v1/chat/completions", ChatRequest, usage_on_request=True)
-COMPLETIONS = Api.define("/v1/completions", CompletionRequest, usage_on_request=True)
-EMBEDDINGS = Api.define("/v1/embeddings", EmbeddingRequest, usage_on_request=False)
+COMPLETIONS = Api.define("/v1/completions", CompletionRequest, usage_on_request=True,
+                         operation="text_completion")  # fmt: skip
+EMBEDDINGS = Api.define("/v1/embeddings", EmbeddingRequest, usage_on_request=False,
+                        operation="embeddings")  # fmt: skip
 RESPONSES = Api.define("/v1/responses", ResponsesRequest, usage_on_request=False)
 # Anthropic's Messages API (docs/anthropic.md): its streams always carry usage.
 MESSAGES = Api.define("/v1/messages", MessagesRequest, usage_on_request=False, face="anthropic")
-COUNT_TOKENS = Api.define("/v1/messages/count_tokens", CountTokensRequest,
-                          usage_on_request=False, face="anthropic", metered=False)  # fmt: skip
+COUNT_TOKENS = Api.define("/v1/messages/count_tokens", CountTokensRequest, usage_on_request=False,
+                          face="anthropic", metered=False, operation=None)  # fmt: skip
+# The gen_ai.operation.name of each endpoint that runs a model.
+OPERATIONS = {
+    api.path: api.operation
+    for api in (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, MESSAGES, COUNT_TOKENS)
+    if api.operation is not None
+}
 
 _NOT_UTF8 = "We could not parse the JSON body of your request: it is not valid UTF-8."
 _TOO_DEEP = "We could not parse the JSON body of your request: it is nested too deeply."

@@ -29,6 +29,7 @@ from prometheus_client.core import (
 
 from llm_gateway_common import metricnames as names
 from llm_gateway_common.events import UsageEvent
+from llm_gateway_proxy.apis import COUNT_TOKENS, OPERATIONS
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.modelconfig import ModelTable
 
@@ -38,13 +39,8 @@ if TYPE_CHECKING:
     from llm_gateway_proxy.metering import EventPublisher
     from llm_gateway_proxy.redisgate import RedisGate
 
-_ENDPOINTS = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "text_completion",
-    "/v1/embeddings": "embeddings",
-    "/v1/responses": "chat",
-}
-_LISTED = frozenset({"/v1/models"})  # unmetered paths worth their own endpoint label
+# Paths that run no model but are worth an endpoint label of their own.
+_LISTED = frozenset({"/v1/models", COUNT_TOKENS.path})
 _REFUSALS = frozenset({"rate_limit_exceeded", "budget_exceeded"})
 _RESULTS = {"ok": "ok", "client_disconnected": "cancelled"}  # the last attempt's; else error
 _MODEL_NAMES = 4096  # raw model names remembered with their label (names clients make up fold)
@@ -133,7 +129,7 @@ class ProxyMetrics:
     def record(self, exchange: Exchange, event: UsageEvent) -> None:
         """Count one request: called once, with its event, when it is finished."""
         endpoint = event.endpoint
-        operation = _ENDPOINTS.get(endpoint)
+        operation = OPERATIONS.get(endpoint)
         label = endpoint if operation is not None or endpoint in _LISTED else names.OTHER
         key: Labels = (label, names.status_class(event.status_code), event.outcome)
         if self._tenant_limit:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 
 import aiohttp
-import orjson
 
 from llm_gateway_proxy.apis import Api
 from llm_gateway_proxy.downstream import Downstream
@@ -23,14 +22,18 @@ from llm_gateway_proxy.providers.anthropic_response import MalformedResponse, er
 from llm_gateway_proxy.providers.anthropic_stream import SSEOverflow, SSEParser, StreamTranslator
 from llm_gateway_proxy.relay_messages import relay_messages
 from llm_gateway_proxy.replies import (
-    JSON_HEADER,
+    EVENT_STREAM,
     SSE_HEADERS,
     SSE_REPLACED,
+    Capture,
     Headers,
+    error_headers,
     estimate_model,
     merged,
     parse_json,
+    send_translated,
     send_whole,
+    stream_chunks,
     upstream_error_type,
 )
 from llm_gateway_proxy.router import Answer
@@ -207,23 +210,16 @@ async def _relay_translated(
         exchange.status = status
         # The event names the provider's own type (`overloaded_error`), not the OpenAI one.
         exchange.fail("upstream_error", upstream_error_type(parse_json(sent), response.status))
-        wait = response.headers.get("retry-after")  # a 429's, for the client's SDK
-        kept = [JSON_HEADER, (b"retry-after", wait.encode("latin-1"))] if wait else [JSON_HEADER]
         await send_whole(status, raw, exchange=exchange, downstream=downstream,
-                          headers=[*kept, *headers], capture_bytes=capture_bytes)  # fmt: skip
+                         headers=[*error_headers(response), *headers],
+                         capture_bytes=capture_bytes)  # fmt: skip
     elif is_event_stream(response):
         await _relay_translated_stream(answer, exchange, downstream, headers, capture_bytes)
     else:
-        body = answer.body if answer.body is not None else await read_body(response)
-        try:
-            raw = response_in(body, created=int(time.time()))
-        except MalformedResponse as exc:
-            raise UpstreamMalformed(f"The provider's answer was not usable: {exc}") from exc
-        payload = orjson.loads(raw)
-        exchange.usage = usage_from_payload(payload)
-        exchange.response_model = model_from_payload(payload)
-        await send_whole(200, raw, exchange=exchange, downstream=downstream,
-                          headers=[JSON_HEADER, *headers], capture_bytes=capture_bytes)  # fmt: skip
+        created = int(time.time())
+        await send_translated(answer, lambda body: response_in(body, created=created),
+                              metered="client", exchange=exchange, downstream=downstream,
+                              headers=headers, capture_bytes=capture_bytes)  # fmt: skip
 
 
 async def _relay_translated_stream(
@@ -234,13 +230,10 @@ async def _relay_translated_stream(
     capture_bytes: int,
 ) -> None:
     translation = _Translation(answer, exchange, downstream, capture_bytes)
-    started = [(b"content-type", b"text/event-stream; charset=utf-8"), *SSE_HEADERS, *headers]
-    await downstream.start(200, started, event_stream=True)
+    await downstream.start(200, [EVENT_STREAM, *SSE_HEADERS, *headers], event_stream=True)
     try:
         with map_exceptions():
-            if answer.prefetched:
-                await translation.feed(answer.prefetched)
-            async for chunk in answer.response.content.iter_any():
+            async for chunk in stream_chunks(answer):
                 await translation.feed(chunk)
                 if translation.translator.finished:
                     break
@@ -262,8 +255,7 @@ class _Translation:
                                            include_usage=answer.include_usage)  # fmt: skip
         self.exchange = exchange
         self.downstream = downstream
-        self.capture_bytes = capture_bytes
-        self.captured = bytearray()
+        self.capture = Capture(capture_bytes)
 
     async def feed(self, chunk: bytes) -> None:
         try:
@@ -274,9 +266,7 @@ class _Translation:
         if any(event.name == "error" for event in events):
             self.exchange.fail("upstream_error", "stream_error")
         if out:
-            limit = self.capture_bytes
-            if limit and len(self.captured) <= limit:
-                self.captured += out[: limit + 1 - len(self.captured)]
+            self.capture.add(out)
             self.exchange.mark_first_byte()
             await self.downstream.body(out, more=True)
 
@@ -287,5 +277,4 @@ class _Translation:
             exchange.usage = usage_from_payload({"usage": translator.usage})
         exchange.response_model = translator.model or None
         exchange.response_bytes = self.downstream.sent_bytes
-        if self.capture_bytes:
-            exchange.captured_response = bytes(self.captured)
+        self.capture.settle(exchange)

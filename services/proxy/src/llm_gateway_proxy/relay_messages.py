@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from llm_gateway_proxy.apis import Api
 from llm_gateway_proxy.downstream import Downstream
 from llm_gateway_proxy.errors import UpstreamIncomplete, UpstreamMalformed
@@ -27,14 +25,18 @@ from llm_gateway_proxy.providers.anthropic_response import MalformedResponse, us
 from llm_gateway_proxy.providers.anthropic_stream import SSEOverflow, SSEParser
 from llm_gateway_proxy.providers.messages_openai import ChatStreamTranslator, ToolNames
 from llm_gateway_proxy.replies import (
-    JSON_HEADER,
+    EVENT_STREAM,
     SSE_HEADERS,
     SSE_REPLACED,
+    Capture,
     Headers,
+    error_headers,
     estimate_model,
     merged,
     parse_json,
+    send_translated,
     send_whole,
+    stream_chunks,
     upstream_error_type,
 )
 from llm_gateway_proxy.router import Answer
@@ -43,7 +45,6 @@ from llm_gateway_proxy.upstream import is_event_stream, map_exceptions, read_bod
 from llm_gateway_proxy.usage import Usage, model_from_payload, usage_from_payload
 
 _ESTIMATE_SAMPLE_BYTES = 16 * 1024  # as relay.py: the first bytes of a stream without usage
-_EVENT_STREAM = (b"content-type", b"text/event-stream; charset=utf-8")
 # Events after which a client has content: a delta, or a block that opens with some.
 _CONTENT_EVENTS = frozenset({"content_block_delta", "content_block_start"})
 
@@ -112,14 +113,12 @@ async def _relay_native_stream(
     tap = MessagesTap()
     headers = [h for h in headers if h[0] not in SSE_REPLACED]
     headers.extend(SSE_HEADERS)
-    captured = bytearray()
+    capture = Capture(capture_bytes)
     await downstream.start(answer.response.status, headers, event_stream=True)
     try:
-        chunks = _chunks(answer)
         with map_exceptions():
-            async for chunk in chunks:
-                if capture_bytes and len(captured) <= capture_bytes:
-                    captured += chunk[: capture_bytes + 1 - len(captured)]
+            async for chunk in stream_chunks(answer):
+                capture.add(chunk)
                 tap.feed(chunk)
                 await downstream.body(chunk, more=True)
                 if tap.content_started:
@@ -132,8 +131,7 @@ async def _relay_native_stream(
             exchange.usage = usage_from_payload({"usage": usage(tap.usage)})
         exchange.response_model = tap.model
         exchange.response_bytes = downstream.sent_bytes
-        if capture_bytes:
-            exchange.captured_response = bytes(captured)
+        capture.settle(exchange)
         if tap.errored:
             exchange.fail("upstream_error", "stream_error")
 
@@ -222,10 +220,9 @@ async def _relay_openai_error(
     sent = answer.body if answer.body is not None else await read_body(response)
     exchange.fail("upstream_error", upstream_error_type(parse_json(sent), response.status))
     raw = messages_openai.error_from_openai(response.status, sent)
-    wait = response.headers.get("retry-after")
-    kept = [JSON_HEADER, (b"retry-after", wait.encode("latin-1"))] if wait else [JSON_HEADER]
     await send_whole(response.status, raw, exchange=exchange, downstream=downstream,
-                     headers=[*kept, *headers], capture_bytes=capture_bytes)  # fmt: skip
+                     headers=[*error_headers(response), *headers],
+                     capture_bytes=capture_bytes)  # fmt: skip
 
 
 async def _relay_translated_body(
@@ -235,18 +232,13 @@ async def _relay_translated_body(
     headers: Headers,
     capture_bytes: int,
 ) -> None:
-    response = answer.response
-    body = answer.body if answer.body is not None else await read_body(response)
     names = answer.tool_names or ToolNames()
-    try:
-        raw = messages_openai.response_from_chat(body, model=exchange.model or "", names=names)
-    except MalformedResponse as exc:
-        raise UpstreamMalformed(f"The provider's answer was not usable: {exc}") from exc
-    payload = orjson.loads(body)
-    exchange.usage = usage_from_payload(payload)
-    exchange.response_model = model_from_payload(payload)
-    await send_whole(200, raw, exchange=exchange, downstream=downstream,
-                     headers=[JSON_HEADER, *headers], capture_bytes=capture_bytes)  # fmt: skip
+    model = exchange.model or ""
+    await send_translated(
+        answer, lambda body: messages_openai.response_from_chat(body, model=model, names=names),
+        metered="provider", exchange=exchange, downstream=downstream, headers=headers,
+        capture_bytes=capture_bytes,
+    )  # fmt: skip
 
 
 async def _relay_translated_stream(
@@ -261,13 +253,13 @@ async def _relay_translated_stream(
         model=exchange.model or "", names=answer.tool_names or ToolNames(),
         message_id=f"msg_{exchange.request_id}",
     )  # fmt: skip
-    captured = bytearray()
+    capture = Capture(capture_bytes)
     sample = bytearray()
     events = 0
-    await downstream.start(200, [_EVENT_STREAM, *SSE_HEADERS, *headers], event_stream=True)
+    await downstream.start(200, [EVENT_STREAM, *SSE_HEADERS, *headers], event_stream=True)
     try:
         with map_exceptions():
-            async for chunk in _chunks(answer):
+            async for chunk in stream_chunks(answer):
                 if len(sample) < _ESTIMATE_SAMPLE_BYTES:
                     sample += chunk[: _ESTIMATE_SAMPLE_BYTES - len(sample)]
                 try:
@@ -277,8 +269,7 @@ async def _relay_translated_stream(
                 except (MalformedResponse, SSEOverflow) as exc:
                     raise UpstreamMalformed(f"The provider's stream was not usable: {exc}") from exc
                 if out:
-                    if capture_bytes and len(captured) <= capture_bytes:
-                        captured += out[: capture_bytes + 1 - len(captured)]
+                    capture.add(out)
                     await downstream.body(out, more=True)
                     if translator.content_started:
                         exchange.mark_first_byte()
@@ -294,15 +285,6 @@ async def _relay_translated_stream(
             model = estimate_model(exchange)
             exchange.completion_estimate = estimate_stream_tokens(bytes(sample), events, model)
         exchange.response_bytes = downstream.sent_bytes
-        if capture_bytes:
-            exchange.captured_response = bytes(captured)
+        capture.settle(exchange)
         if translator.errored:
             exchange.fail("upstream_error", "stream_error")
-
-
-async def _chunks(answer: Answer) -> Any:
-    """The stream's bytes: those the router already read, then the rest as they arrive."""
-    if answer.prefetched:
-        yield answer.prefetched
-    async for chunk in answer.response.content.iter_any():
-        yield chunk

@@ -53,13 +53,6 @@ DEFAULT_SERVICE_NAME = "llm-gateway-proxy"
 _SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
              "parentbased_always_off", "parentbased_traceidratio")  # fmt: skip
 _CLOSE_SECONDS = 5.0  # at exit: what the batch holds gets this long to go out
-# gen_ai.operation.name of each metered API (the Responses API is a chat, as peers name it).
-_OPERATIONS = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "text_completion",
-    "/v1/embeddings": "embeddings",
-    "/v1/responses": "chat",
-}
 # A later version may append fields after a dash; version 00 has none.
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(?:-.*)?", re.S)
 _NO_TRACE, _NO_SPAN = b"0" * 32, b"0" * 16
@@ -166,7 +159,7 @@ class Tracing:
                 carrier[header.decode()] = value.decode("latin-1")
         parent = self.propagator.extract(carrier) if carrier else None
         api = target.api if target is not None else None
-        operation = _OPERATIONS.get(api.path) if api is not None else None
+        operation = api.operation if api is not None else None
         if operation is None:  # an endpoint that runs no model of ours: HTTP's span name
             name = method if target is None else f"{method} {target.pattern}"
         else:
