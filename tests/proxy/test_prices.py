@@ -158,10 +158,33 @@ async def test_names_not_overridden_wait_for_one_resolution(tmp_path: Path) -> N
     assert isinstance(price, Price) and price.source == SOURCE
     assert book.quote("openai", "openai", ["gpt-4o-mini"]) == price  # now a dict lookup
     # The first name with a price wins: an Azure deployment name, then the model that answered.
-    await book.prime([("azure.ai.openai", "prod-deployment"), ("azure.ai.openai", "gpt-4o")])
+    await book.prime([("azure-eu", "azure.ai.openai", "prod-deployment"),
+                      ("azure-eu", "azure.ai.openai", "gpt-4o")])  # fmt: skip
     azure = book.quote("azure-eu", "azure.ai.openai", ["prod-deployment", "gpt-4o"])
     assert isinstance(azure, Price) and azure.regimes[0].output == Decimal(10) / M
     assert book.quote("x", "some.other.provider", ["gpt-4o"]) is None  # no prices for it
+    await book.close()
+
+
+async def test_openai_compatible_vendors_are_priced_by_their_base_url() -> None:
+    """DeepSeek's and Groq's list prices (USD per million tokens: deepseek-chat 0.27 input,
+    0.07 cache hit, 1.10 output; llama-3.1-8b-instant 0.05 input, 0.08 output), found because
+    the entry's base URL names the vendor; a URL no vendor has (a self-hosted server) falls back
+    to the type's, and without a URL a vendor's model is not OpenAI's."""
+    book = PriceBook(urls={"deepseek": "https://api.deepseek.com/v1",
+                           "groq": "https://api.groq.com/openai/v1",
+                           "vllm": "http://vllm.models.svc:8000/v1"})  # fmt: skip
+    usage = Usage(prompt=1_000_000, completion=100_000, total=1_100_000, cached=200_000)
+    deepseek = await asyncio.wait_for(book.settle("deepseek", "openai", ["deepseek-chat"]), 30)
+    assert isinstance(deepseek, Price) and deepseek.source == SOURCE
+    assert deepseek.cost(usage) == Decimal("0.216") + Decimal("0.014") + Decimal("0.11")
+    groq = await asyncio.wait_for(book.settle("groq", "openai", ["llama-3.1-8b-instant"]), 30)
+    assert isinstance(groq, Price)
+    assert groq.cost(usage) == Decimal("0.05") + Decimal("0.008")  # Groq prices no cache hits
+    mini = await asyncio.wait_for(book.settle("vllm", "openai", ["gpt-4o-mini"]), 30)
+    assert isinstance(mini, Price) and mini.regimes[0].output == Decimal("0.60") / M
+    unnamed = await asyncio.wait_for(book.settle("other", "openai", ["deepseek-chat"]), 30)
+    assert unnamed is None
     await book.close()
 
 

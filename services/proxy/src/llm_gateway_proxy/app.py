@@ -41,7 +41,7 @@ from llm_gateway_proxy.metering import EventPublisher
 from llm_gateway_proxy.metrics import ProxyMetrics
 from llm_gateway_proxy.modelconfig import Timeouts, single_provider
 from llm_gateway_proxy.paths import CanonicalPaths, PathTable
-from llm_gateway_proxy.prices import PriceBook, priced_targets
+from llm_gateway_proxy.prices import PriceBook, priced_targets, provider_urls
 from llm_gateway_proxy.ratelimit import RateLimiter
 from llm_gateway_proxy.redisgate import RedisGate
 from llm_gateway_proxy.router import Router
@@ -106,7 +106,7 @@ def create_app(
             detail = "every client can use the upstream key: for local demos only"
             log.warning("authentication_disabled", auth_mode="none", detail=detail)
         metrics.watch(publisher, gate, cooldowns, in_flight)
-        prices = PriceBook(settings.prices)
+        prices = PriceBook(settings.prices, urls=provider_urls(table))
         await prices.prime(priced_targets(table))  # one child process, ~0.5 s, before serving
         runner = asyncio.create_task(publisher.run(), name="event-publisher")
         sharing = asyncio.create_task(cooldowns.run(), name="cooldown-sync")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import NamedTuple
@@ -116,15 +116,26 @@ def load_prices_file(path: str) -> tuple[PriceOverride, ...]:
     return tuple(entries)
 
 
-def priced_targets(table: ModelTable) -> list[tuple[str, str]]:
-    """(provider, upstream model) of every target that names its model: resolved at start-up."""
-    pairs = {
-        (OTEL_NAMES[table.file.providers[target.provider].type], target.model)
+def priced_targets(table: ModelTable) -> list[tuple[str, str, str]]:
+    """(provider entry, its type's OpenTelemetry name, upstream model) of every target that
+    names its model: resolved at start-up."""
+    triples = {
+        (target.provider, OTEL_NAMES[table.file.providers[target.provider].type], target.model)
         for route in table.file.models.values()
         for target in route.targets
         if target.model
     }
-    return sorted(pairs)
+    return sorted(triples)
+
+
+def provider_urls(table: ModelTable) -> dict[str, str]:
+    """The base URL of each `openai`-type provider entry: genai-prices tells the vendor behind
+    an OpenAI-compatible API (DeepSeek, Groq, Mistral, ...) by it."""
+    return {name: p.base_url for name, p in table.file.providers.items() if p.type == "openai"}
+
+
+# What genai-prices is asked for one price: (provider id, model, the provider's base URL or None).
+_Key = tuple[str, str, str | None]
 
 
 class _Pending:
@@ -136,14 +147,15 @@ Quote = Price | None | _Pending
 
 
 class PriceBook:
-    def __init__(self, overrides: Sequence[PriceOverride] = (), *,
-                 resolve_timeout: float = 20.0) -> None:  # fmt: skip
+    def __init__(self, overrides: Sequence[PriceOverride] = (), *, resolve_timeout: float = 20.0,
+                 urls: Mapping[str, str] | None = None) -> None:  # fmt: skip
         self._overrides = tuple(overrides)
         self._timeout = resolve_timeout
+        self._urls = dict(urls or {})  # openai-type provider entry -> base URL (provider_urls)
         self._quotes: dict[tuple[str | None, str, str], Price | None] = {}
-        self._resolved: dict[tuple[str, str], Price | None] = {}
-        self._waiting: dict[tuple[str, str], asyncio.Future[Price | None]] = {}
-        self._queued: list[tuple[str, str]] = []
+        self._resolved: dict[_Key, Price | None] = {}
+        self._waiting: dict[_Key, asyncio.Future[Price | None]] = {}
+        self._queued: list[_Key] = []
         self._resolver: asyncio.Task[None] | None = None
 
     def quote(self, provider_name: str | None, provider: str, names: Iterable[str | None]) -> Quote:
@@ -158,7 +170,7 @@ class PriceBook:
             else:
                 price = self._override(provider_name, provider, name)
                 if price is None:
-                    found = self._genai(provider, name)
+                    found = self._genai(self._key(provider_name, provider, name))
                     if isinstance(found, _Pending):
                         return PENDING
                     price = found
@@ -171,17 +183,17 @@ class PriceBook:
                      names: Sequence[str | None]) -> Price | None:  # fmt: skip
         """`quote`, once the resolutions it waits for are done (or timed out: no price)."""
         while isinstance(quote := self.quote(provider_name, provider, names), _Pending):
-            waits = [self._waiting[key] for key in self._keys(provider, names)
-                     if key in self._waiting]  # fmt: skip
+            keys = [self._key(provider_name, provider, name) for name in names if name]
+            waits = [self._waiting[key] for key in keys if key is not None and key in self._waiting]
             if not waits:
                 continue
             await asyncio.wait(waits)
         return quote
 
-    async def prime(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """Resolve these (provider, model) now: the models the models file names."""
-        for provider, model in pairs:
-            self._genai(provider, model)
+    async def prime(self, targets: Iterable[tuple[str | None, str, str]]) -> None:
+        """Resolve these (provider entry, provider, model) now: the models file's targets."""
+        for provider_name, provider, model in targets:
+            self._genai(self._key(provider_name, provider, model))
         waits = list(self._waiting.values())
         if waits:
             await asyncio.wait(waits)
@@ -194,9 +206,14 @@ class PriceBook:
             if not future.done():
                 future.set_result(None)
 
-    def _keys(self, provider: str, names: Sequence[str | None]) -> list[tuple[str, str]]:
+    def _key(self, provider_name: str | None, provider: str, name: str) -> _Key | None:
+        """What genai-prices is asked: its provider id, the model, and for an openai-type
+        entry its base URL (which names the vendor when it is not OpenAI); None: not asked."""
         genai = GENAI_PROVIDERS.get(provider)
-        return [] if genai is None else [(genai, name) for name in names if name]
+        if genai is None:
+            return None
+        url = self._urls.get(provider_name) if provider_name and genai == "openai" else None
+        return (genai, name, url)
 
     def _override(self, provider_name: str | None, provider: str, name: str) -> Price | None:
         for entry in self._overrides:
@@ -206,11 +223,9 @@ class PriceBook:
                 return entry.price()
         return None
 
-    def _genai(self, provider: str, name: str) -> Price | _Pending | None:
-        genai = GENAI_PROVIDERS.get(provider)
-        if genai is None:
+    def _genai(self, key: _Key | None) -> Price | _Pending | None:
+        if key is None:
             return None
-        key = (genai, name)
         if key in self._resolved:
             return self._resolved[key]
         if key not in self._waiting:
@@ -232,7 +247,7 @@ class PriceBook:
                 if not future.done():
                     future.set_result(price)
 
-    async def _run_resolver(self, batch: list[tuple[str, str]]) -> dict[tuple[str, str], Price]:
+    async def _run_resolver(self, batch: list[_Key]) -> dict[_Key, Price]:
         request = msgspec.json.encode({"models": batch})
         try:
             child = await asyncio.create_subprocess_exec(
@@ -256,15 +271,14 @@ class PriceBook:
             return {}
         answer = msgspec.json.decode(out)
         source = str(answer["source"])
-        prices: dict[tuple[str, str], Price] = {}
-        for provider, model, regimes in answer["prices"]:
+        prices: dict[_Key, Price] = {}
+        for key, (_, _, regimes) in zip(batch, answer["prices"], strict=True):
             if regimes is not None:
-                prices[(provider, model)] = Price(
+                prices[key] = Price(
                     tuple(Rates(int(r[0]), *(Decimal(v) for v in r[1:])) for r in regimes),
                     source,
                 )
-        unpriced = [f"{provider}/{model}" for provider, model in batch
-                    if (provider, model) not in prices]  # fmt: skip
+        unpriced = [f"{key[0]}/{key[1]}" for key in batch if key not in prices]
         log.info("prices_resolved", source=source, priced=len(prices),
                  unpriced=unpriced[:20])  # fmt: skip
         return prices
