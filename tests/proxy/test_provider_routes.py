@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -690,3 +691,47 @@ async def test_embeddings_for_an_anthropic_model_is_a_400_naming_the_problem(
     assert not anthropic.received
     event = await event_for(redis, error.response.headers["x-llm-request-id"])
     assert (event.status_code, event.attempts, event.endpoint) == (400, 0, "/v1/embeddings")
+
+
+# --- prices: the events of a real proxy against hand-computed figures ------------------------
+
+PER_MTOK = Decimal(1_000_000)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_azure_events_are_priced_with_cache_reads(
+    client: openai.AsyncOpenAI, azure: FakeAzure, redis: aioredis.Redis, stream: bool
+) -> None:
+    """gpt-4o on Azure: $2.50 input, $1.25 cached input, $10 output per million tokens."""
+    azure.behaviour.cached_tokens = 3
+    if stream:
+        headers, _ = await stream_chunks(client, "azure-4o")
+    else:
+        headers, _ = await chat(client, "azure-4o")
+    usage = azure.usages[-1]
+    uncached = usage["prompt_tokens"] - 3
+    expected = (uncached * Decimal("2.50") + 3 * Decimal("1.25")
+                + usage["completion_tokens"] * Decimal(10)) / PER_MTOK  # fmt: skip
+    event = await event_for(redis, headers["x-llm-request-id"])
+    assert event.price_source.startswith("genai-prices ")
+    assert event.cost_usd == expected
+
+
+@pytest.mark.parametrize(("reads", "rates"), [
+    (300, ("3", "0.30", "3.75", "15")),  # claude-sonnet-4-5 up to 200k input tokens
+    (250_000, ("6", "0.60", "7.50", "22.50")),  # every token at the >200k rates
+], ids=["below-200k", "above-200k"])  # fmt: skip
+async def test_anthropic_events_are_priced_with_cache_reads_writes_and_the_200k_cliff(
+    client: openai.AsyncOpenAI, anthropic: FakeAnthropic, redis: aioredis.Redis, reads: int,
+    rates: tuple[str, str, str, str],
+) -> None:  # fmt: skip
+    anthropic.behaviour.cache_read_input_tokens = reads
+    anthropic.behaviour.cache_creation_input_tokens = 100
+    headers, _ = await stream_chunks(client, "claude", stream_options={"include_usage": True})
+    usage = anthropic.usages[-1]
+    rate_in, rate_read, rate_write, rate_out = (Decimal(r) for r in rates)
+    expected = (usage["input_tokens"] * rate_in + reads * rate_read + 100 * rate_write
+                + usage["output_tokens"] * rate_out) / PER_MTOK  # fmt: skip
+    event = await event_for(redis, headers["x-llm-request-id"])
+    assert (event.cached_tokens, event.cache_write_tokens) == (reads, 100)
+    assert event.cost_usd == expected
