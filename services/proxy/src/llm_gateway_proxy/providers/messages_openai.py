@@ -39,8 +39,8 @@ Request, Messages -> chat/completions:
                                         document, search_result and other blocks, images in a
                                         tool_result, sources other than base64 and url
 
-Tool names longer than OpenAI's 64 characters go out shortened (`ToolNames`) and come back as the
-client wrote them, in whole answers and streams.
+Tool names longer than OpenAI's 64 characters or with characters outside ^[a-zA-Z0-9_-]+$ go out
+renamed (`ToolNames`) and come back as the client wrote them, in whole answers and streams.
 
 Answer, chat.completion -> message: id "msg_" + the chat id; model = the client's name; a text
 block for the content (and one for a refusal), tool_use blocks with the parsed arguments;
@@ -61,6 +61,7 @@ are skipped; an error payload ends the stream with `event: error`.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,6 +75,8 @@ from llm_gateway_proxy.providers.anthropic_stream import SSEEvent
 OPENAI_TOOL_NAME_LIMIT = 64
 OPENAI_USER_LIMIT = 64
 _MIN_HEX = 8  # hex digits of the hash that ends a shortened name
+_OPENAI_NAME = re.compile(r"[a-zA-Z0-9_-]+\Z")
+_NOT_IN_NAME = re.compile(r"[^a-zA-Z0-9_-]")
 _REFUSED_FIELDS = ("mcp_servers", "container")
 _SYSTEM_JOINER = "\n\n"
 _TOOL_RESULT_JOINER = "\n"
@@ -87,11 +90,13 @@ _STOP_REASONS = {
 
 
 class ToolNames:
-    """Reversible shortening of tool names for a target that limits them (OpenAI: 64 chars,
+    """Reversible renaming of tool names for a target that limits them (OpenAI: 64 chars,
     ^[a-zA-Z0-9_-]+$).
 
-    A longer name becomes its first characters, "_" and 8 (more on a clash) hex digits of its
-    sha256, exactly `limit` long: the same name always gives the same short one.
+    A name that breaks the rule becomes its first characters (any other character as "_"), "_"
+    and 8 (more on a clash) hex digits of its sha256, at most `limit` long: the same name
+    always gives the same one. No two of a request's names go out the same: a name that keeps
+    to the rule but is already taken (by another's renaming) is renamed too.
     """
 
     __slots__ = ("_limit", "_originals", "_shorts")
@@ -104,20 +109,26 @@ class ToolNames:
         self._originals: dict[str, str] = {}  # the one sent -> the client's name
 
     def short(self, name: str) -> str:
-        """The name to send: `name` itself when within the limit."""
-        if len(name) <= self._limit:
-            return name
+        """The name to send: `name` itself when it keeps to the rule and is not taken."""
         known = self._shorts.get(name)
         if known is not None:
             return known
+        if len(name) <= self._limit and _OPENAI_NAME.match(name) and name not in self._originals:
+            sent = name
+        else:
+            sent = self._renamed(name)
+        self._shorts[name] = sent
+        self._originals[sent] = name
+        return sent
+
+    def _renamed(self, name: str) -> str:
         digest = hashlib.sha256(name.encode()).hexdigest()
+        safe = _NOT_IN_NAME.sub("_", name)
         width = _MIN_HEX
-        candidate = f"{name[: self._limit - 1 - width]}_{digest[:width]}"
+        candidate = f"{safe[: self._limit - 1 - width]}_{digest[:width]}"
         while candidate in self._originals and width < min(len(digest), self._limit - 1):
             width += 1
-            candidate = f"{name[: self._limit - 1 - width]}_{digest[:width]}"
-        self._shorts[name] = candidate
-        self._originals[candidate] = name
+            candidate = f"{safe[: self._limit - 1 - width]}_{digest[:width]}"
         return candidate
 
     def original(self, name: str) -> str:
@@ -777,6 +788,8 @@ class ChatStreamTranslator:
     def _error(self, error: Mapping[str, Any]) -> bytes:
         self.finished = self.errored = True
         message = error.get("message")
+        if not isinstance(message, str) or not message:
+            message = "The provider's stream failed."
         # Inside a 200 there is no status to go by: what the error says is all there is.
         words = " ".join(str(error.get(k) or "") for k in ("type", "code", "message")).lower()
         overloaded = "overload" in words or "capacity" in words or error.get("code") in (503, 529)
