@@ -1,11 +1,12 @@
 """Dollar budgets across replicas: three proxies on one Redis share a key's `budget_usd`; no
-request is admitted once the recorded spend reached it (requests here go one at a time, so none
-is in flight when it is reached), each replica refuses with 429 `budget_exceeded` and a
+request is admitted once the recorded spend reached it (one at a time, then waves of concurrent
+streams, which overshoot it only by what was in flight), each replica refuses with 429 `budget_exceeded` and a
 Retry-After at the period's end; the spend `/manage` reports equals the ledger's sum for the
 same requests; and the soft limit shows in `/manage` and as a metric."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -142,3 +143,66 @@ async def test_a_tenant_dollar_budget_covers_all_its_keys_and_the_soft_limit_is_
     assert (refused.limit, refused.scope) == ("spend", "tenant")
     assert 0 < refused.reset_seconds <= 86_400  # the UTC day's end
     assert (await limiter.usage(one))["spend_nano_usd"] == 900_000_000  # the key's own spend
+
+
+async def _stream(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str]
+) -> tuple[int, str]:
+    """A streamed chat; (status, request id or the refusal's code)."""
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+    async with http.post(f"{url}/v1/chat/completions", headers=headers, json=body) as response:
+        if response.status != 200:
+            return response.status, (await response.json())["error"]["code"]
+        raw = await response.read()
+        assert raw.endswith(b"data: [DONE]\n\n")
+        return 200, response.headers["x-llm-request-id"]
+
+
+async def test_concurrent_streams_overshoot_a_dollar_budget_only_by_what_was_in_flight(
+    proxy_factory: ProxyFactory, upstream: FakeOpenAI, http: aiohttp.ClientSession,
+    redis: aioredis.Redis, stream_name: str,
+) -> None:  # fmt: skip
+    """Waves of six streams at once, two per replica: each stream is charged its cost once,
+    when it ends; a wave admitted while the spend was under the budget may cross it (those
+    streams were in flight together), and once the recorded spend reached it nothing more is
+    admitted on any replica."""
+    upstream.behaviour.chunk_delay = 0.02  # each stream takes ~0.2 s: a wave is in flight at once
+    env = {"AUTH_MODE": "keys", "MANAGEMENT_TOKEN": TOKEN, "KEY_CACHE_TTL": "0",
+           "EVENTS_STREAM": stream_name, "EVENT_FLUSH_INTERVAL": "0.01"}  # fmt: skip
+    replicas = [proxy_factory(**env) for _ in range(3)]
+    budget = 0.0001  # about 13 streams of gpt-4o-mini here
+    status, created = await call(http, "POST", f"{replicas[0].manage_url}/manage/keys", json={
+        "name": "streams", "tenant": f"spend-{uuid.uuid4().hex[:8]}",
+        "limits": {"budget_usd": budget},
+    })  # fmt: skip
+    assert status == 201, created
+    key_id, headers = created["id"], {"Authorization": f"Bearer {created['key']}"}
+    budget_nanos = round(Decimal(repr(budget)) * 10**9)
+    charged_nanos = 0
+    wave_costs: list[int] = []
+    for wave in range(10):
+        spent_before = (await usage_of(http, replicas[0].manage_url, key_id))["spend_nano_usd"]
+        answers = await asyncio.gather(*(_stream(http, replicas[i % 3].base_url, headers)
+                                         for i in range(6)))  # fmt: skip
+        if spent_before >= budget_nanos:
+            assert answers == [(429, "budget_exceeded")] * 6, (wave, answers)
+            break
+        assert all(status == 200 for status, _ in answers), (wave, answers)
+        events = [await event_for(redis, rid, stream_name, deadline=30) for _, rid in answers]
+        assert all(e.cost_usd is not None and e.stream for e in events)
+        wave_nanos = sum(round(e.cost_usd * 10**9) for e in events if e.cost_usd is not None)
+        wave_costs.append(wave_nanos)
+        charged_nanos += wave_nanos
+
+        url = replicas[wave % 3].manage_url
+
+        async def charged(expected: int = charged_nanos, url: str = url) -> bool:
+            return (await usage_of(http, url, key_id))["spend_nano_usd"] == expected
+
+        await until(charged, "each stream charged once")
+    else:
+        raise AssertionError("the budget was never reached")
+    assert len(wave_costs) >= 2
+    # The last wave admitted started under the budget and took the spend to it or past it: the
+    # overshoot is less than what that wave had in flight.
+    assert charged_nanos - wave_costs[-1] < budget_nanos <= charged_nanos
