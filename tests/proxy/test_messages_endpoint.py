@@ -23,6 +23,7 @@ import yaml
 
 from llm_gateway_common.events import UsageEvent
 from llm_gateway_fakes.anthropic import FakeAnthropic, FakeAnthropicServer
+from llm_gateway_fakes.azure import FakeAzure, FakeAzureServer
 from llm_gateway_fakes.openai import FakeOpenAI, FakeOpenAIServer
 from llm_gateway_proxy.keys import Limits, new_key
 from llm_gateway_proxy.keystore import KeyStore
@@ -36,6 +37,8 @@ ANTHROPIC_KEY = "sk-ant-provider-key-msg-0123456789"
 OPENAI_KEY = "sk-openai-provider-key-msg-0123456789"
 CLAUDE = "claude-sonnet-4-5"  # routed to the Anthropic fake under its own name
 GPT = "gpt-coder"  # routed to the OpenAI fake as gpt-4o
+AZURE = "azure-coder"  # routed to the Azure fake's gpt-4o deployment
+AZURE_KEY = "azure-provider-key-msg-0123456789"
 HELLO: list[Any] = [{"role": "user", "content": "say hello please"}]
 WEATHER: dict[str, Any] = {
     "name": "get_weather",
@@ -50,7 +53,7 @@ CLAUDE_CODE_BETAS = (
 )
 
 
-def _models_file(anthropic_url: str, openai_url: str) -> dict[str, Any]:
+def _models_file(anthropic_url: str, openai_url: str, azure_url: str) -> dict[str, Any]:
     first = 1.0e9  # weights that make the anthropic target the first one tried, every time
     return {
         "providers": {
@@ -58,6 +61,8 @@ def _models_file(anthropic_url: str, openai_url: str) -> dict[str, Any]:
                            "api_key_env": "MSG_ANTHROPIC_KEY"},
             "msg-openai": {"type": "openai", "base_url": openai_url,
                            "api_key_env": "MSG_OPENAI_KEY"},
+            "msg-azure": {"type": "azure", "base_url": azure_url, "api_key_env": "MSG_AZURE_KEY",
+                          "api_version": "2024-10-21"},
             "msg-strict": {"type": "anthropic", "base_url": anthropic_url,
                            "api_key_env": "MSG_ANTHROPIC_KEY", "betas": ["claude-code-20250219"]},
         },
@@ -65,6 +70,7 @@ def _models_file(anthropic_url: str, openai_url: str) -> dict[str, Any]:
             CLAUDE: {"targets": [{"provider": "msg-claude"}]},
             GPT: {"targets": [{"provider": "msg-openai", "model": "gpt-4o"}]},
             "claude-strict": {"targets": [{"provider": "msg-strict", "model": CLAUDE}]},
+            AZURE: {"targets": [{"provider": "msg-azure", "model": "gpt-4o"}]},
             "claude-then-gpt": {
                 "targets": [{"provider": "msg-claude", "model": CLAUDE, "weight": first},
                             {"provider": "msg-openai", "model": "gpt-4o", "weight": 1 / first}],
@@ -80,6 +86,13 @@ def _models_file(anthropic_url: str, openai_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def azure_server() -> Iterator[FakeAzureServer]:
+    server = FakeAzureServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def openai_server() -> Iterator[FakeOpenAIServer]:
     server = FakeOpenAIServer().start()
     yield server
@@ -91,12 +104,14 @@ def messages_proxy(
     proxy_factory: ProxyFactory,
     anthropic_server: FakeAnthropicServer,
     openai_server: FakeOpenAIServer,
+    azure_server: FakeAzureServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> ProxyProcess:
     path: Path = tmp_path_factory.mktemp("messages") / "models.yaml"
-    path.write_text(yaml.safe_dump(_models_file(anthropic_server.base_url, openai_server.base_url)))
+    urls = (anthropic_server.base_url, openai_server.base_url, azure_server.base_url)
+    path.write_text(yaml.safe_dump(_models_file(*urls)))
     return proxy_factory(MODELS_FILE=str(path), MSG_ANTHROPIC_KEY=ANTHROPIC_KEY,
-                         MSG_OPENAI_KEY=OPENAI_KEY, AUTH_MODE="keys",
+                         MSG_OPENAI_KEY=OPENAI_KEY, MSG_AZURE_KEY=AZURE_KEY, AUTH_MODE="keys",
                          MANAGEMENT_TOKEN="msg-token")  # fmt: skip
 
 
@@ -614,3 +629,33 @@ async def test_messages_requests_in_the_metrics(
     first_chunk = "gen_ai_client_operation_time_to_first_chunk_seconds_count"
     assert added(first_chunk, gen_ai_operation_name="chat", gen_ai_provider_name="openai",
                  gen_ai_request_model=GPT) == 1  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_azure_target_is_translated_too(
+    sdk: anthropic.AsyncAnthropic, azure_server: FakeAzureServer, redis: aioredis.Redis,
+    stream: bool,
+) -> None:  # fmt: skip
+    azure: FakeAzure = azure_server.fake
+    azure.reset()
+    azure.behaviour.api_key = AZURE_KEY
+    if stream:  # Azure's prompt-filter chunk (no choices) comes first
+        async with sdk.messages.stream(model=AZURE, max_tokens=16, messages=HELLO) as events:
+            message = await events.get_final_message()
+            request_id = events.response.headers.get("x-llm-request-id")
+    else:
+        raw = await sdk.messages.with_raw_response.create(model=AZURE, max_tokens=16,
+                                                          messages=HELLO)  # fmt: skip
+        message = await raw.parse()
+        request_id = raw.headers.get("x-llm-request-id")
+    assert message.model == AZURE and message.stop_reason == "end_turn"
+    assert message.content[0].type == "text" and message.content[0].text.startswith("word0")
+    sent = azure.received[-1]
+    assert sent.path == "/openai/deployments/gpt-4o/chat/completions"
+    assert sent.headers["api-key"] == AZURE_KEY
+    assert sent.json()["max_completion_tokens"] == 16  # Azure's name for it
+    event = await event_of(redis, request_id)
+    assert (event.endpoint, event.provider, event.outcome) == (
+        "/v1/messages", "azure.ai.openai", "ok")  # fmt: skip
+    assert event.completion_tokens == azure.usages[-1]["completion_tokens"]
+    assert event.usage_source == "provider"
