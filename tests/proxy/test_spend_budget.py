@@ -1,8 +1,8 @@
 """Dollar budgets across replicas: three proxies on one Redis share a key's `budget_usd`; no
 request is admitted once the recorded spend reached it (one at a time, then waves of concurrent
-streams, which overshoot it only by what was in flight), each replica refuses with 429 `budget_exceeded` and a
-Retry-After at the period's end; the spend `/manage` reports equals the ledger's sum for the
-same requests; and the soft limit shows in `/manage` and as a metric."""
+streams, which overshoot it only by what was in flight), each replica refuses with 429
+`budget_exceeded` and a Retry-After at the period's end; the spend `/manage` reports equals the
+ledger's sum for the same requests; and the soft limit shows in `/manage` and as a metric."""
 
 from __future__ import annotations
 
