@@ -2,8 +2,8 @@
 (`outcome`, `usage_source`) and fields it does not know are read, stored and forwarded, never
 dead-lettered, and a new outcome is judged a failure only by the status the client got. And this
 version reads schema 1 events (before routing), schema 2 events (before traces), schema 3 events
-(before cost) and schema 4 events (before sessions), and consumers of those schemas read its
-events."""
+(before cost), schema 4 events (before sessions) and schema 5 events (before the cache), and
+consumers of those schemas read its events."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ ROUTING_FIELDS = ("provider_name", "upstream_model", "attempts", "failed_targets
 TRACE_FIELDS = ("trace_id",)  # schema 3
 COST_FIELDS = ("cache_write_tokens", "cost_usd", "price_source")  # schema 4
 SESSION_FIELDS = ("session_id",)  # schema 5
+CACHE_FIELDS = ("cache_status", "saved_cost_usd")  # schema 6
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SESSION_ID = "3f0c5a52-9b8e-4d1e-a6c2-7e4b1d9f0a38"  # as Claude Code sends it
 
@@ -220,7 +221,6 @@ def test_a_schema_3_event_decodes_unpriced_and_a_schema_3_consumer_reads_a_price
 
 
 def test_a_schema_4_event_decodes_without_a_session_and_a_schema_4_consumer_reads_one() -> None:
-    assert SCHEMA_VERSION == 5
     priced = {"cost_usd": Decimal("0.0042"), "price_source": "genai-prices 0.2.3"}
     in_session = make_event(1, **ROUTED, **priced, trace_id=TRACE_ID, session_id=SESSION_ID)
     data = orjson.loads(encode_event(in_session))
@@ -238,6 +238,22 @@ def test_a_schema_4_event_decodes_without_a_session_and_a_schema_4_consumer_read
         assert getattr(seen_by_schema_4, field.name) == getattr(in_session, field.name), field.name
     outside = orjson.loads(encode_event(make_event(2)))
     assert "session_id" in outside and outside["session_id"] is None  # written, as null
+
+
+def test_a_schema_5_event_decodes_without_a_cache_status_and_a_schema_5_consumer_reads_one(
+) -> None:  # fmt: skip
+    assert SCHEMA_VERSION == 6
+    hit = make_event(1, **ROUTED, cost_usd=Decimal(0), usage_source="cache", cache_status="hit",
+                     saved_cost_usd=Decimal("0.000123"))  # fmt: skip
+    data = orjson.loads(encode_event(hit))
+    assert (data["cache_status"], data["saved_cost_usd"]) == ("hit", 0.000123)
+    del data["cache_status"], data["saved_cost_usd"]
+    old = decode_event(orjson.dumps({**data, "schema_version": 5}))
+    assert (old.cache_status, old.saved_cost_usd) == (None, None)
+    assert old.usage_source == "cache"  # an open vocabulary: read as it is
+    seen_by_schema_5 = older_decoder("UsageEventV5", CACHE_FIELDS).decode(encode_event(hit))
+    for field in msgspec.structs.fields(seen_by_schema_5):
+        assert getattr(seen_by_schema_5, field.name) == getattr(hit, field.name), field.name
 
 
 def test_helicone_groups_a_coding_session_and_lunary_is_unchanged() -> None:

@@ -31,6 +31,13 @@ unpriced: no cache writes, cost None, source `none`.
 Schema 5 (coding sessions) added `session_id`: the client's coding-agent session id, as Claude
 Code sends it in `X-Claude-Code-Session-Id` on every request of a session, cut to 256
 characters; None when the client sent none. A schema 4 event decodes with it None.
+
+Schema 6 (the response cache) added `cache_status`: `hit` (answered from the cache: no provider
+called, `usage_source` `cache`, the original answer's tokens, `cost_usd` 0), `miss` (looked up,
+not found, forwarded, not stored), `stored` (a miss whose answer was stored), `bypass` (the
+request's Cache-Control kept it from the cache), or None (no cache for this request); and
+`saved_cost_usd`, what a hit would have cost (the original answer's `cost_usd`; None otherwise).
+A schema 5 event decodes with both None.
 """
 
 from __future__ import annotations
@@ -41,11 +48,12 @@ from typing import Literal, get_args
 
 import msgspec
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # What this version produces. The event fields are `str`: never decode against these.
 Outcome = Literal["ok", "upstream_error", "gateway_error", "client_disconnected"]
-UsageSource = Literal["provider", "estimated", "none"]
+UsageSource = Literal["provider", "estimated", "cache", "none"]
+CacheStatus = Literal["hit", "miss", "stored", "bypass"]
 KNOWN_OUTCOMES: frozenset[str] = frozenset(get_args(Outcome))
 KNOWN_USAGE_SOURCES: frozenset[str] = frozenset(get_args(UsageSource))
 FAILED_OUTCOMES: frozenset[str] = KNOWN_OUTCOMES - {"ok"}
@@ -87,6 +95,8 @@ class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False)
     cost_usd: Decimal | None = None  # schema 4: exact; None when no price is known
     price_source: str = "none"  # schema 4: "genai-prices <version>" | "override" | "none"
     usage_source: str = "none"  # open vocabulary: KNOWN_USAGE_SOURCES, and newer ones
+    cache_status: str | None = None  # schema 6: hit | miss | stored | bypass; None: no cache
+    saved_cost_usd: Decimal | None = None  # schema 6: a hit's original cost
     started_at: datetime
     finished_at: datetime
     latency_ms: float
