@@ -45,6 +45,7 @@ class Behaviour:
     reasoning_tokens: int = 0
     use_tools: bool = False  # with tool_choice auto: answer with text, then tool calls
     tool_calls: int = 1  # calls per answer (1 when parallel_tool_calls is false)
+    finish_reason: str = "stop"  # a text answer's ("length": cut at max_tokens)
 
 
 @dataclass
@@ -123,7 +124,7 @@ class FakeOpenAI:
                         "index": 0,
                         "message": message,
                         "logprobs": None,
-                        "finish_reason": "tool_calls" if calls else "stop",
+                        "finish_reason": "tool_calls" if calls else self.behaviour.finish_reason,
                     }
                 ],
                 **self._usage_field(usage),
@@ -160,7 +161,7 @@ class FakeOpenAI:
         else:  # only calls: the first names the role, with no text (null content)
             deltas[0] = {"role": "assistant", "content": None, **deltas[0]}
         chunks = [{**base, "choices": [_delta(d)], **null_usage} for d in deltas]
-        finish = "tool_calls" if calls else "stop"
+        finish = "tool_calls" if calls else self.behaviour.finish_reason
         chunks.append({**base, "choices": [_delta({}, finish)], **null_usage})
         if with_usage and not self.behaviour.omit_usage:
             chunks.append({**base, "choices": [], "usage": usage})
