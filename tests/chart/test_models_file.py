@@ -19,6 +19,7 @@ from llm_gateway_proxy.modelconfig import (
     ModelRoute,
     ModelsFile,
     Provider,
+    RouteCache,
     Routing,
     Target,
     Timeouts,
@@ -36,7 +37,8 @@ KEYS = {"OPENAI_API_KEY": "sk-o", "AZURE_EU_API_KEY": "az", "ANTHROPIC_API_KEY":
 SCHEMA: dict[str, Any] = json.loads((CHART_DIR / "values.schema.json").read_text())
 MIRRORED = {"modelsFile": ModelsFile, "modelProvider": Provider, "modelTimeouts": Timeouts,
             "modelRoute": ModelRoute, "modelTarget": Target, "modelBackoff": Backoff,
-            "modelCooldown": Cooldown, "modelRouting": Routing}  # fmt: skip
+            "modelCooldown": Cooldown, "modelRouting": Routing,
+            "modelCache": RouteCache}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

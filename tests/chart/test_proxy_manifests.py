@@ -88,6 +88,8 @@ def test_values_reach_the_proxy_variables(render_chart: RenderChart) -> None:
                                           "captureBytes": 4096},
         "shutdownGraceSeconds": 120, "logLevel": "debug",
         "metrics": {"tenantLabel": True, "tenantLimit": 20},
+        "cache": {"redisUrl": "redis://cache.example:6379/1", "maxEntryBytes": 65536,
+                  "waitSeconds": 5},
         "tracing": {"enabled": True, "endpoint": "http://otel.obs:4318"}},
         "events": {"stream": "gw:usage"}})  # fmt: skip
     assert _config(render_chart(values)) == {
@@ -118,6 +120,9 @@ def test_values_reach_the_proxy_variables(render_chart: RenderChart) -> None:
         "RATE_LIMIT_FAIL_OPEN": "true",
         "METRICS_TENANT_LABEL": "true",
         "METRICS_TENANT_LIMIT": "20",
+        "CACHE_REDIS_URL": "redis://cache.example:6379/1",
+        "CACHE_MAX_ENTRY_BYTES": "65536",
+        "CACHE_WAIT_SECONDS": "5",
         "OTEL_SDK_DISABLED": "false",
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel.obs:4318",

@@ -69,6 +69,11 @@ REDIS_BREAKER_OPEN = "llm_gateway_redis_breaker_open"  # gauge 0/1
 IN_FLIGHT = "llm_gateway_in_flight_requests"  # gauge
 IN_FLIGHT_LIMIT = "llm_gateway_in_flight_limit"  # gauge
 IN_FLIGHT_REFUSED = "llm_gateway_in_flight_refused"  # counter
+CACHE_REQUESTS = "llm_gateway_cache_requests"  # cache_status: hit, miss, stored, bypass
+CACHE_STATUS = "cache_status"
+CACHE_STORED_BYTES = "llm_gateway_cache_stored_bytes"  # counter: bytes of the answers stored
+CACHE_SAVED_USD = "llm_gateway_cache_saved_usd"  # counter: what the hits would have cost
+CACHE_STATUSES = ("hit", "miss", "stored", "bypass")
 
 # --- the stream consumers (collector, dispatcher) -----------------------------------------------
 CONSUMED = "llm_gateway_consumer_entries_consumed"  # stream entries read

@@ -22,6 +22,7 @@ from llm_gateway_common.streams import connect_redis
 from llm_gateway_proxy import health
 from llm_gateway_proxy.access import Access
 from llm_gateway_proxy.bodyread import BodyReadDeadline
+from llm_gateway_proxy.cache import ResponseCache
 from llm_gateway_proxy.cooldowns import Cooldowns
 from llm_gateway_proxy.errors import (
     GatewayError,
@@ -39,7 +40,7 @@ from llm_gateway_proxy.listeners import Listeners
 from llm_gateway_proxy.manage import create_management_app
 from llm_gateway_proxy.metering import EventPublisher
 from llm_gateway_proxy.metrics import ProxyMetrics
-from llm_gateway_proxy.modelconfig import Timeouts, single_provider
+from llm_gateway_proxy.modelconfig import ModelTable, Timeouts, single_provider
 from llm_gateway_proxy.paths import CanonicalPaths, PathTable
 from llm_gateway_proxy.prices import PriceBook, priced_targets, provider_urls
 from llm_gateway_proxy.ratelimit import RateLimiter
@@ -112,7 +113,8 @@ def create_app(
         sharing = asyncio.create_task(cooldowns.run(), name="cooldown-sync")
         tracing = start_tracing(settings.tracing)  # None unless OTEL_* turn it on
         gateway = Gateway(settings, router, publisher, access, stop_signal, metrics=metrics,
-                          prices=prices, log_output=log_output, tracing=tracing)  # fmt: skip
+                          prices=prices, log_output=log_output, tracing=tracing,
+                          cache=_response_cache(settings, gate, table))  # fmt: skip
         settle_after_startup()
         try:
             yield {"gateway": gateway, "in_flight": in_flight}
@@ -172,6 +174,17 @@ def create_app(
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     return Listeners(data_plane, management, management_port=settings.management_listen_port)
+
+
+def _response_cache(settings: ProxySettings, gate: RedisGate, table: ModelTable) -> ResponseCache:
+    """The response cache, on the request path's Redis and breaker, or on a Redis (and a
+    breaker) of its own when CACHE_REDIS_URL names another."""
+    url = settings.cache_redis_url
+    own = url is not None and url != settings.redis_url
+    if url is not None and own:
+        gate = RedisGate(connect_redis(url, timeout=settings.redis_timeout), timeout=gate.timeout)
+    return ResponseCache(gate, table, max_entry_bytes=settings.cache_max_entry_bytes,
+                         wait=settings.cache_wait, owns_gate=own)  # fmt: skip
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

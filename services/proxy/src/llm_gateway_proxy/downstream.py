@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_gateway_proxy.errors import GatewayError, RequestTooLarge, anthropic_client
 from llm_gateway_proxy.exchange import new_request_id
+
+if TYPE_CHECKING:
+    from llm_gateway_proxy.cache import Lookup
 
 Message = MutableMapping[str, Any]
 WATCH_AFTER = 0.05  # seconds after the body was read before a disconnect is watched for
@@ -29,8 +32,8 @@ class ClientDisconnected(Exception):
 
 class Downstream:
     __slots__ = (
-        "_receive", "_send", "_start_timer", "_watcher", "anthropic", "event_stream", "gone",
-        "sent_bytes", "started",
+        "_receive", "_send", "_start_timer", "_watcher", "anthropic", "cache", "event_stream",
+        "gone", "sent_bytes", "started",
     )  # fmt: skip
 
     def __init__(self, receive: Receive, send: Send) -> None:
@@ -43,6 +46,9 @@ class Downstream:
         self.event_stream = False
         self.sent_bytes = 0
         self.anthropic = False  # errors in Anthropic's shape (the Messages endpoints)
+        # The response cache's lookup (cache.py): its Cache-Status header on the response, and,
+        # on a miss that may be stored, the recording of what the client is sent.
+        self.cache: Lookup | None = None
 
     async def read_body(self, limit: int, headers: list[tuple[bytes, bytes]]) -> bytes:
         """The whole request body; RequestTooLarge past `limit` (before reading, if declared)."""
@@ -98,10 +104,18 @@ class Downstream:
     ) -> None:
         self.started = True
         self.event_stream = event_stream
+        cache = self.cache
+        if cache is not None:
+            headers = [*headers, (b"cache-status", cache.header)]
+            if cache.recording is not None:
+                cache.recording.started(status, headers)
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def body(self, data: bytes, *, more: bool) -> None:
         self.sent_bytes += len(data)
+        cache = self.cache
+        if cache is not None and cache.recording is not None:
+            cache.recording.add(data)
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def json(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

@@ -33,6 +33,7 @@ class Exchange:
 
     __slots__ = (
         "attempts",
+        "cache_status",
         "captured_request",
         "captured_response",
         "client_request_id",
@@ -56,6 +57,7 @@ class Exchange:
         "requested_tenant",
         "response_bytes",
         "response_model",
+        "saved_cost_usd",
         "session_id",
         "started",
         "started_at",
@@ -97,6 +99,10 @@ class Exchange:
         self.provider = provider  # the answering provider's type (OTel name); before any
         # attempt, the default provider's
         self.provider_name: str | None = None  # its entry in the model table
+        # The response cache's part (cache.py): hit | miss | stored | bypass, None: no cache;
+        # what a hit saved (the stored answer's cost).
+        self.cache_status: str | None = None
+        self.saved_cost_usd: Decimal | None = None
         self.upstream_model: str | None = None
         self.attempts = 0
         self.failed_targets: list[str] = []
@@ -190,7 +196,7 @@ class Exchange:
         reached the provider and did not fail there, or whose stream failed after content
         reached the client (the usage seen so far); else nothing."""
         if self.usage is not None:
-            return self.usage, "provider"
+            return self.usage, "cache" if self.cache_status == "hit" else "provider"
         streamed = self.stream and bool(self.completion_estimate) and self.ttfb is not None
         if not (self.metered and self.upstream_called and (self.outcome in _ESTIMABLE or streamed)):
             return Usage(), "none"
@@ -246,6 +252,8 @@ class Exchange:
             cost_usd=self._cost(price, usage),
             price_source=NO_PRICE if price is None else price.source,
             usage_source=usage_source,
+            cache_status=self.cache_status,
+            saved_cost_usd=self.saved_cost_usd,
             started_at=datetime.fromtimestamp(self.started_at, UTC),
             finished_at=datetime.fromtimestamp(self.started_at + elapsed, UTC),
             latency_ms=round(elapsed * 1000, 3),

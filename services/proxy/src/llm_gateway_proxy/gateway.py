@@ -12,6 +12,7 @@ import structlog
 from llm_gateway_common.events import UsageEvent
 from llm_gateway_common.logs import LogOutput
 from llm_gateway_proxy.access import Access
+from llm_gateway_proxy.cache import ResponseCache
 from llm_gateway_proxy.exchange import Exchange
 from llm_gateway_proxy.ids import IdSource
 from llm_gateway_proxy.keystore import KeyStore
@@ -40,6 +41,7 @@ class Gateway:
         prices: PriceBook | None = None,
         log_output: LogOutput | None = None,
         tracing: Tracing | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -48,6 +50,7 @@ class Gateway:
         self.stopping = stopping
         self.metrics = metrics
         self.tracing = tracing  # None: tracing is off (tracing.py)
+        self.cache = cache  # None: no response cache (an app built in a test without one)
         self.ids = IdSource()
         self.prices = prices if prices is not None else PriceBook()
         self._unpriced: set[asyncio.Task[None]] = set()  # events waiting for a first price
@@ -102,6 +105,7 @@ class Gateway:
                 "error_type": event.error_type,
                 "total_tokens": event.total_tokens,
                 "usage_source": event.usage_source,
+                "cache_status": event.cache_status,
                 "cost_usd": None if event.cost_usd is None else str(event.cost_usd),
                 "latency_ms": event.latency_ms,
                 "ttfb_ms": event.ttfb_ms,
@@ -115,7 +119,7 @@ class Gateway:
         key = exchange.key
         charges = (
             ()
-            if key is None
+            if key is None or exchange.cache_status == "hit"  # a hit charges no budget
             else self.access.limiter.charges(
                 key, exchange.tenant_limits, event.total_tokens if tokens else 0, event.cost_usd
             )
@@ -142,7 +146,10 @@ class Gateway:
             self._publish(exchange, event, tokens=False)
 
     async def settle(self, timeout: float) -> None:
-        """At shutdown: let events waiting for a price be published (unpriced past `timeout`)."""
+        """At shutdown: let events waiting for a price be published (unpriced past `timeout`),
+        and the cache's stores under way finish."""
+        if self.cache is not None:
+            await self.cache.close()
         if self._unpriced:
             await asyncio.wait(set(self._unpriced), timeout=timeout)
         for task in set(self._unpriced):

@@ -26,6 +26,7 @@ from llm_gateway_proxy.apis import (
     passthrough_model,
     wants_stream,
 )
+from llm_gateway_proxy.cache import Lookup, ResponseCache, replay
 from llm_gateway_proxy.downstream import ClientDisconnected, Downstream, Receive, Send
 from llm_gateway_proxy.errors import (
     GatewayError,
@@ -94,7 +95,13 @@ class ProxyHandler:
             downstream.stop_watching()
             if exchange.outcome == "client_disconnected" and not downstream.started:
                 exchange.status = _CLIENT_CLOSED
+            lookup = downstream.cache
+            stored = lookup is not None and _storable(lookup, exchange, downstream)
+            if stored:
+                exchange.cache_status = "stored"
             event = gateway.record(exchange)
+            if lookup is not None and gateway.cache is not None:  # stored after the response
+                gateway.cache.settle(lookup, ResponseCache.entry(lookup, event) if stored else None)
             if exchange.trace is not None:
                 exchange.trace.finish(event)
 
@@ -121,6 +128,12 @@ class ProxyHandler:
             call, plan = await self._admit(gateway, scope, target, exchange, downstream, key=key)
             if plan is None:  # a token count no target of the model can make: estimated here
                 await _count_tokens_here(call, exchange, downstream, id_header)
+                return
+            lookup = await _look_up(gateway, scope, target, exchange, downstream, call=call,
+                                    key=key)  # fmt: skip
+            if lookup is not None and lookup.entry is not None:  # a hit: no provider called
+                await replay(lookup.entry, exchange, downstream, id_header,
+                             include_usage=call.include_usage)  # fmt: skip
                 return
             downstream.watch_disconnect()
             answer = await gateway.router.forward(plan, call, exchange)
@@ -226,6 +239,44 @@ class ProxyHandler:
 
 def _anything(model: str) -> bool:
     return True
+
+
+async def _look_up(
+    gateway: Gateway,
+    scope: Scope,
+    target: Target,
+    exchange: Exchange,
+    downstream: Downstream,
+    *,
+    call: Call,
+    key: KeyRecord | None,
+) -> Lookup | None:
+    """The request's use of the response cache (cache.py), looked up; None: no cache for it."""
+    cache = gateway.cache
+    if cache is None:
+        return None
+    tenant = exchange.tenant_limits
+    lookup = cache.plan(
+        target.api, exchange.model, call.body, tenant=exchange.tenant,
+        key_ttl=None if key is None else key.limits.cache_ttl,
+        tenant_ttl=None if tenant is None else tenant.cache_ttl, headers=scope["headers"],
+    )  # fmt: skip
+    if lookup is None:
+        return None
+    downstream.cache = lookup
+    if lookup.status != "bypass":
+        await cache.lookup(lookup, include_usage=call.include_usage)
+    exchange.cache_status = lookup.status
+    return lookup
+
+
+def _storable(lookup: Lookup, exchange: Exchange, downstream: Downstream) -> bool:
+    """Whether a miss's answer may be stored (ResponseCache.storable)."""
+    succeeded = (
+        exchange.outcome == "ok" and exchange.status == 200 and exchange.usage is not None
+        and not downstream.gone and exchange.cache_status == "miss"
+    )  # fmt: skip
+    return ResponseCache.storable(lookup, succeeded=succeeded)
 
 
 def _call(scope: Scope, target: Target) -> Call:

@@ -30,6 +30,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     budget_period: BudgetPeriod = "monthly"
     budget_usd: float = 0.0  # US dollars per budget period (a limit, never summed as a float)
     budget_soft_limit_percent: float = 80.0  # of budget_usd: past it, reported and counted
+    # The response cache (cache.py): None follows the tenant's, then the model's; 0 turns it
+    # off (a request cannot turn it on); N caches answers for N seconds.
+    cache_ttl: int | None = None
 
 
 class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -31,6 +31,7 @@ Count = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
 # US dollars: up to $1e9 per period (as integer nano-dollars, still far inside Redis' int64).
 Dollars = Annotated[float, Meta(ge=0, le=1e9)]
 Percent = Annotated[float, Meta(ge=0, le=100)]
+CacheTtl = Annotated[int, Meta(ge=0, le=365 * 86_400)]  # seconds; 0: the cache off
 Metadata = Annotated[
     dict[Annotated[str, Meta(min_length=1, max_length=64)], Annotated[str, Meta(max_length=512)]],
     Meta(max_length=50),
@@ -50,6 +51,7 @@ class LimitsSpec(_Body, frozen=True):
     budget_period: BudgetPeriod | UnsetType = UNSET
     budget_usd: Dollars | UnsetType = UNSET
     budget_soft_limit_percent: Percent | UnsetType = UNSET
+    cache_ttl: CacheTtl | UnsetType | None = UNSET  # null: follow the tenant's, then the model's
 
     def applied_to(self, limits: Limits) -> Limits:
         changes = {name: value for name, value in msgspec.structs.asdict(self).items()

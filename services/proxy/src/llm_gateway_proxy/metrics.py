@@ -93,6 +93,9 @@ class ProxyMetrics:
         self.fallbacks: dict[str, list[int]] = {}
         self.refusals: dict[str, list[int]] = {}
         self.soft_limited: dict[str, list[int]] = {"key": [0], "tenant": [0]}
+        self.cache: dict[str, list[int]] = {status: [0] for status in names.CACHE_STATUSES}
+        self.cache_bytes = [0]
+        self.cache_saved = [0.0]  # US dollars (a metric, never summed for money)
         self._targets = _model_targets(table)
         # The series whose label values are known now start at 0, so that rate() and alerts
         # see them before the first increment.
@@ -141,6 +144,8 @@ class ProxyMetrics:
         error_type = event.error_type
         if error_type in _REFUSALS:
             _inc(self.refusals, error_type)
+        if event.cache_status is not None:
+            self._cached(event)
         targets = exchange.targets
         if not targets:
             return
@@ -154,6 +159,17 @@ class ProxyMetrics:
             histogram.observe(overhead)
         if operation is not None:
             self._genai(operation, event)
+
+    def _cached(self, event: UsageEvent) -> None:
+        status = event.cache_status
+        counter = self.cache.get(status) if status is not None else None
+        if counter is None:
+            return
+        counter[0] += 1
+        if status == "stored":
+            self.cache_bytes[0] += event.response_bytes
+        elif status == "hit" and event.saved_cost_usd is not None:
+            self.cache_saved[0] += float(event.saved_cost_usd)
 
     def _attempted(self, targets: list[str], event: UsageEvent) -> None:
         last = len(targets) - 1
@@ -249,6 +265,13 @@ class ProxyMetrics:
         yield _counter(names.LIMIT_REFUSALS, "Requests refused by a rate limit or budget.",
                        [names.ERROR_TYPE],
                        (((e,), c) for e, c in self.refusals.items()))  # fmt: skip
+        yield _counter(names.CACHE_REQUESTS, "Requests that used the response cache, by what "
+                       "it did (stored: a miss whose answer was stored).", [names.CACHE_STATUS],
+                       (((s,), c) for s, c in self.cache.items()))  # fmt: skip
+        yield _plain_counter(names.CACHE_STORED_BYTES, "Bytes of the answers stored in the "
+                             "response cache.", self.cache_bytes[0])  # fmt: skip
+        yield _plain_counter(names.CACHE_SAVED_USD, "US dollars the cache's hits would have "
+                             "cost.", self.cache_saved[0])  # fmt: skip
         yield _counter(names.BUDGET_SOFT_LIMIT, "Requests admitted while the key's or the "
                        "tenant's spend is past its soft limit (budget_soft_limit_percent of "
                        "budget_usd).", [names.SCOPE],

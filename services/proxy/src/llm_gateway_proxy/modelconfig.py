@@ -19,7 +19,7 @@ import fnmatch
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -74,9 +74,16 @@ class Routing(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     deadline: float = 60.0
 
 
+class RouteCache(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A model's answers cached (cache.py): for `ttl` seconds, per tenant or for everyone."""
+
+    ttl: Annotated[int, msgspec.Meta(gt=0, le=365 * 86_400)]
+    scope: Literal["tenant", "global"] = "tenant"
+
+
 class ModelRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One public model name (or fnmatch pattern): its targets, fallbacks, and any routing
-    setting it overrides (None: the file's `routing` default)."""
+    """One public model name (or fnmatch pattern): its targets, fallbacks, any routing setting
+    it overrides (None: the file's `routing` default), and its response cache (None: off)."""
 
     targets: list[Target]
     fallbacks: list[str] = []
@@ -84,6 +91,7 @@ class ModelRoute(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     backoff: Backoff | None = None
     cooldown: Cooldown | None = None
     deadline: float | None = None
+    cache: RouteCache | None = None
 
 
 class ModelsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -77,6 +77,12 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     prices_file: str | None = None
     prices: tuple[PriceOverride, ...] = ()  # PRICES_FILE's entries, first match wins (prices.py)
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)  # OTEL_*: off
+    # The response cache (cache.py; off unless a model, key, tenant or request turns it on):
+    # its Redis (None: REDIS_URL's), the largest answer stored, how long an identical request
+    # waits for the one already going upstream.
+    cache_redis_url: str | None = None
+    cache_max_entry_bytes: int = 1024 * 1024
+    cache_wait: float = 60.0
 
     def __repr__(self) -> str:  # never print the upstream key or the management token
         return (
@@ -154,6 +160,9 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
             metrics_tenant_limit=env.integer("METRICS_TENANT_LIMIT", 100, minimum=1),
             client_read_timeout=env.number("CLIENT_READ_TIMEOUT", 60.0, minimum=0.001),
             tracing=TracingSettings.from_env(env.environ),
+            cache_redis_url=env.optional_text("CACHE_REDIS_URL"),
+            cache_max_entry_bytes=env.integer("CACHE_MAX_ENTRY_BYTES", 1024 * 1024, minimum=1),
+            cache_wait=env.number("CACHE_WAIT_SECONDS", 60.0, minimum=0),
         )
 
 
