@@ -69,6 +69,7 @@ bench: deps  ## the gateway vs the bare stack vs direct, on this machine (needs 
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	$(UV) run --frozen python bench/run.py
+	$(UV) run --frozen python bench/cache.py
 
 bench-collector: deps  ## events/s one collector sustains into Postgres and NDJSON
 	$(UV) run --frozen python -m bench.collector
