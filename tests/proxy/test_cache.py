@@ -29,6 +29,7 @@ from llm_gateway_proxy.keystore import KeyStore
 from llm_gateway_proxy.modelconfig import RouteCache
 from tests.conftest import UPSTREAM_KEY, ProxyFactory
 from tests.proxy.test_access import record
+from tests.proxy.test_manage import TOKEN, call
 from tests.support.events import event_for
 from tests.support.metrics import scrape, value
 from tests.support.servers import LocalRedis
@@ -515,3 +516,44 @@ def test_the_key_is_the_canonical_request() -> None:
     m2 = b'{"model":"m","max_tokens":5,"messages":[]}'
     assert cache_key(MESSAGES, m1, "v", None) == cache_key(MESSAGES, m2, "v", None)
     assert cache_key(CHAT, m1, "v", None) != cache_key(CHAT, m2, "v", None)
+
+
+async def test_a_tenant_turns_the_cache_on_through_the_management_api(
+    proxy_factory: ProxyFactory, cache_env: dict[str, str], upstream: FakeOpenAI,
+    http: aiohttp.ClientSession,
+) -> None:  # fmt: skip
+    proxy = proxy_factory(**cache_env, AUTH_MODE="keys", MANAGEMENT_TOKEN=TOKEN,
+                          KEY_CACHE_TTL="0")  # fmt: skip
+    tenant = f"cache-{uuid.uuid4().hex[:8]}"
+    status, _ = await call(http, "PUT", f"{proxy.manage_url}/manage/tenants/{tenant}/limits",
+                           json={"cache_ttl": 120})  # fmt: skip
+    assert status == 200
+    status, created = await call(http, "POST", f"{proxy.manage_url}/manage/keys",
+                                 json={"name": "cached", "tenant": tenant})  # fmt: skip
+    assert status == 201, created
+    auth = {"Authorization": f"Bearer {created['key']}"}
+    body = {"model": "plain", "messages": fresh()}
+    await post(http, proxy, body, **auth)
+    second = await post(http, proxy, body, **auth)
+    assert second.headers["cache-status"] == "llm-gateway; hit"
+    status, refused = await call(http, "PUT", f"{proxy.manage_url}/manage/tenants/{tenant}/limits",
+                                 json={"cache_ttl": -1})  # fmt: skip
+    assert status == 400, refused
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/embeddings", {"model": "cached", "input": ["a text to embed"]}),
+    ("/v1/completions", {"model": "cached", "prompt": "Once upon a time"}),
+], ids=["embeddings", "completions"])  # fmt: skip
+async def test_embeddings_and_completions_are_cached(
+    cached_proxy: ProxyProcess, upstream: FakeOpenAI, http: aiohttp.ClientSession,
+    redis: aioredis.Redis, path: str, body: dict[str, Any],
+) -> None:  # fmt: skip
+    body = {**body, "user": uuid.uuid4().hex}  # not part of the key: the nonce below is
+    body["input" if "input" in body else "prompt"] = f"{uuid.uuid4().hex} {body.get('prompt')}"
+    first = await post(http, cached_proxy, body, path)
+    second = await post(http, cached_proxy, body, path)
+    assert first.status == second.status == 200
+    assert second.headers["cache-status"] == "llm-gateway; hit"
+    assert second.body == first.body and len(upstream.received) == 1
+    assert (await event(redis, second)).endpoint == path
