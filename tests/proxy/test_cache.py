@@ -129,7 +129,8 @@ async def test_a_whole_answer_is_stored_and_replayed_exactly_and_metered(
     assert stored.cost_usd is not None and stored.cost_usd > 0
     second = await post(http, cached_proxy, body)
     assert second.status == 200 and second.headers["cache-status"] == "llm-gateway; hit"
-    assert int(second.headers["age"]) >= 0
+    assert int(second.headers["age"]) >= 0 and second.headers["x-llm-attempts"] == "0"
+    assert first.headers["x-llm-attempts"] == "1" and "x-llm-route" not in second.headers
     assert second.body == first.body
     assert len(upstream.received) == 1  # the hit reached no provider
     hit = await event(redis, second)

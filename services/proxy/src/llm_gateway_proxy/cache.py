@@ -417,7 +417,8 @@ async def replay(
     exchange.saved_cost_usd = None if entry.cost_usd is None else Decimal(entry.cost_usd)
     pieces = entry.replayed(include_usage=include_usage)
     started = [(b"content-type", entry.content_type.encode("latin-1")),
-               (b"age", str(entry.age()).encode()), *headers]  # fmt: skip
+               (b"age", str(entry.age()).encode()), (b"x-llm-attempts", b"0"),
+               *headers]  # fmt: skip
     if entry.stream:
         started += SSE_HEADERS
     else:
