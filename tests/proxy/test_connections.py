@@ -159,3 +159,81 @@ async def test_idle_keep_alive_and_long_responses_are_not_cut_off(
         assert b"data: [DONE]" in stream
         await asyncio.sleep(READ_TIMEOUT * 1.5)  # idle between requests, longer than the timeout
     writer.close()
+
+
+KEEP_ALIVE = 1.0
+
+
+@pytest.fixture(scope="module")
+def brief(proxy_factory: ProxyFactory) -> ProxyProcess:
+    """A proxy that keeps idle keep-alive connections one second."""
+    return proxy_factory(CLIENT_KEEP_ALIVE_TIMEOUT=str(KEEP_ALIVE))
+
+
+async def chat_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    body = orjson.dumps(CHAT)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json"
+        b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    head, _ = await read_response(reader)
+    assert head.startswith(b"HTTP/1.1 200")
+
+
+async def closed_by_server_within(reader: asyncio.StreamReader, seconds: float) -> float:
+    """Seconds until the server closed the connection (EOF); fails past `seconds`."""
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(1), seconds) == b""
+    return time.monotonic() - started
+
+
+async def test_idle_keep_alive_connections_are_closed_after_the_timeout(
+    brief: ProxyProcess,
+) -> None:
+    """Idle after a request, or connected and silent: closed after CLIENT_KEEP_ALIVE_TIMEOUT
+    (the timer armed at each idle start), not before."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", brief.port)
+    await chat_on(reader, writer)
+    waited = await closed_by_server_within(reader, KEEP_ALIVE * 5)
+    assert waited >= KEEP_ALIVE * 0.9
+    writer.close()
+    silent_reader, silent = await asyncio.open_connection("127.0.0.1", brief.port)
+    waited = await closed_by_server_within(silent_reader, KEEP_ALIVE * 5)
+    assert waited >= KEEP_ALIVE * 0.9
+    silent.close()
+
+
+async def test_a_connection_in_use_is_kept_past_the_keep_alive_timeout(
+    brief: ProxyProcess, upstream: FakeOpenAI
+) -> None:
+    """Each request disarms the timer and each answer re-arms it: requests 0.4 s apart keep a
+    connection for three timeouts, and one answer that takes longer than the timeout is not cut
+    off."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", brief.port)
+    started = time.monotonic()
+    while time.monotonic() - started < KEEP_ALIVE * 3:
+        await chat_on(reader, writer)
+        await asyncio.sleep(KEEP_ALIVE * 0.4)
+    upstream.behaviour.response_delay = KEEP_ALIVE * 1.5
+    try:
+        await chat_on(reader, writer)
+    finally:
+        upstream.behaviour.response_delay = 0.0
+    await closed_by_server_within(reader, KEEP_ALIVE * 5)  # and idle again: closed
+    writer.close()
+
+
+async def test_shutdown_closes_idle_keep_alive_connections_at_once(
+    proxy_factory: ProxyFactory,
+) -> None:
+    """SIGTERM: a connection idle between requests is closed at once (the keep-alive timeout is
+    75 s and the shutdown grace 30 s: neither is waited for)."""
+    proxy = proxy_factory(SHUTDOWN_GRACE_SECONDS="30")
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    await chat_on(reader, writer)
+    started = time.monotonic()
+    exit_code = await asyncio.to_thread(proxy.terminate, 20.0)
+    assert exit_code == 0
+    assert time.monotonic() - started < 10
+    assert await asyncio.wait_for(reader.read(1), 1) == b""
+    writer.close()

@@ -1,4 +1,5 @@
-"""Client connections as Hypercorn serves them, with two fixes Hypercorn (0.18) does not have.
+"""Client connections as Hypercorn serves them, with two fixes Hypercorn (0.18) does not have,
+and a cheaper keep-alive timer.
 
 1. A connection the client closed while idle is closed at once. Hypercorn notices the EOF, but
    its keep-alive timer task keeps the connection's task group, and so the socket, open until the
@@ -8,6 +9,11 @@
    them only by the keep-alive timer, and its `read_timeout` bounds each read (so a trickle is
    never cut off) and also closes idle keep-alive connections and long responses: unusable here.
    The body is bounded in the application (`bodyread.py`), where a 408 can be answered.
+3. The keep-alive timer is a timer (`call_later`), not a task. Hypercorn starts a task (and
+   `wait_for` another) every time a connection goes idle and cancels both when the next request
+   arrives: two tasks, two cancellations and two lock round trips per keep-alive request, more
+   CPU than the gateway's path check, key check and metrics together. The worker's end still
+   closes idle connections at once: one task per worker watches for it (`_IdleConnections`).
 
 `GatewayTCPServer` replaces Hypercorn's `TCPServer` for the process (`install()`, at start-up):
 Hypercorn builds one per connection from that module-level name and has no setting for it.
@@ -22,7 +28,7 @@ from wsgiref.handlers import format_date_time
 import hypercorn.asyncio.run as hypercorn_run
 import structlog
 from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
-from hypercorn.asyncio.worker_context import AsyncioSingleTask
+from hypercorn.asyncio.worker_context import AsyncioSingleTask, WorkerContext
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData, Updated
 
@@ -50,6 +56,29 @@ class GatewayConfig(Config):
         return headers
 
 
+class _IdleConnections:
+    """A worker's connections that are idle between requests; closed at once when the worker
+    terminates (what Hypercorn's per-connection timer task also waited for). One per worker,
+    kept on its `WorkerContext`, with the one task that waits for the end."""
+
+    def __init__(self, context: WorkerContext) -> None:
+        self.servers: set[GatewayTCPServer] = set()
+        self._watch = asyncio.get_running_loop().create_task(self._close_at_end(context))
+
+    @staticmethod
+    def of(context: WorkerContext) -> _IdleConnections:
+        idle: _IdleConnections | None = getattr(context, "_llm_gateway_idle", None)
+        if idle is None:
+            idle = _IdleConnections(context)
+            context._llm_gateway_idle = idle  # type: ignore[attr-defined]
+        return idle
+
+    async def _close_at_end(self, context: WorkerContext) -> None:
+        await context.terminated.wait()
+        for server in list(self.servers):
+            server.idle_expired()
+
+
 class GatewayTCPServer(TCPServer):
     """One client connection: Hypercorn's, closed at the client's EOF when idle, with a header
     deadline. Idle means no request in progress: Hypercorn reports it with `Updated` events."""
@@ -60,22 +89,55 @@ class GatewayTCPServer(TCPServer):
         self._at_eof = False
         self._header_timer = AsyncioSingleTask()
         self._header_timer_running = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_set = _IdleConnections.of(self.context)
+        self._closing: asyncio.Task[None] | None = None
 
     async def protocol_send(self, event: Event) -> None:
-        if isinstance(event, Updated):
-            self._idle = event.idle
-            if not event.idle and self._header_timer_running:
+        if not isinstance(event, Updated):
+            await super().protocol_send(event)
+            return
+        self._idle = event.idle
+        if not event.idle:
+            self._disarm_idle()
+            if self._header_timer_running:
                 await self._stop_header_timer()
-            elif event.idle and self._at_eof:
-                # The client sent EOF during the request; the answer is out: nothing can follow.
-                await self._close()
-                return
-        await super().protocol_send(event)
+        elif self._at_eof:
+            # The client sent EOF during the request; the answer is out: nothing can follow.
+            await self._close()
+        else:
+            self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        if self.context.terminated.is_set():
+            self.idle_expired()
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(self.config.keep_alive_timeout, self.idle_expired)
+        self._idle_set.servers.add(self)
+
+    def _disarm_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._idle_set.servers.discard(self)
+
+    def idle_expired(self) -> None:
+        """Idle for the keep-alive timeout, or idle when the worker ends: close."""
+        self._disarm_idle()
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._initiate_server_close())
 
     async def _read_data(self) -> None:
+        await self.idle_task.stop()  # Hypercorn's timer task for the first request: ours instead
+        self._arm_idle()
+        timeout = self.config.read_timeout
         while not self.reader.at_eof():
             try:
-                data = await asyncio.wait_for(self.reader.read(MAX_RECV), self.config.read_timeout)
+                if timeout is None:
+                    data = await self.reader.read(MAX_RECV)
+                else:
+                    data = await asyncio.wait_for(self.reader.read(MAX_RECV), timeout)
             except (ConnectionError, OSError, TimeoutError):
                 break  # (ssl.SSLError is an OSError)
             await self.protocol.handle(RawData(data))
@@ -89,6 +151,7 @@ class GatewayTCPServer(TCPServer):
             await self._close()
 
     async def _close(self) -> None:
+        self._disarm_idle()
         try:
             await super()._close()
         finally:

@@ -61,7 +61,7 @@ def hypercorn_config(settings: ProxySettings) -> GatewayConfig:
     ]
     config.graceful_timeout = settings.shutdown_grace
     config.backlog = 2048
-    config.keep_alive_timeout = 75  # longer than common load balancer idle timeouts (60 s)
+    config.keep_alive_timeout = settings.client_keep_alive_timeout  # longer than the LB's
     config.header_timeout = settings.client_read_timeout  # from a request's first byte
     config.accesslog = None  # the gateway writes its own line per request
     config.errorlog = "-"

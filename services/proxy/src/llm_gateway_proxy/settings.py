@@ -68,6 +68,7 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_tenant_label: bool = False  # a `tenant` label on llm_gateway_requests_total
     metrics_tenant_limit: int = 100  # distinct tenants labelled; the rest fold into `other`
     client_read_timeout: float = 60.0
+    client_keep_alive_timeout: float = 75.0  # idle keep-alive connections closed after this
     passthrough_paths: tuple[str, ...] = DEFAULT_PASSTHROUGH
     forward_account_headers: tuple[bytes, ...] = ()
     models_file: str | None = None
@@ -159,6 +160,7 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
             metrics_tenant_label=env.flag("METRICS_TENANT_LABEL", False),
             metrics_tenant_limit=env.integer("METRICS_TENANT_LIMIT", 100, minimum=1),
             client_read_timeout=env.number("CLIENT_READ_TIMEOUT", 60.0, minimum=0.001),
+            client_keep_alive_timeout=env.number("CLIENT_KEEP_ALIVE_TIMEOUT", 75.0, minimum=0.001),
             tracing=TracingSettings.from_env(env.environ),
             cache_redis_url=env.optional_text("CACHE_REDIS_URL"),
             cache_max_entry_bytes=env.integer("CACHE_MAX_ENTRY_BYTES", 1024 * 1024, minimum=1),
