@@ -3,11 +3,16 @@ never reach the upstream; upstream errors pass through untouched."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from llm_gateway_fakes.openai import FakeOpenAI
+from llm_gateway_proxy.handlers import ProxyHandler
+from llm_gateway_proxy.paths import PathTable
 from tests.conftest import ProxyFactory
 from tests.support.events import event_for
 from tests.support.servers import free_port
@@ -130,6 +135,42 @@ async def test_unknown_paths_and_methods_get_openai_errors(
         assert response.status == 405
         assert_openai_error(await response.json(), type_="invalid_request_error",
                             code="method_not_allowed")  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "anthropic"), [("/v1/chat/completions", False),
+                                                 ("/v1/messages", True)])  # fmt: skip
+async def test_methods_the_api_does_not_answer_are_405_in_its_shape(
+    proxy: ProxyProcess, http: aiohttp.ClientSession, path: str, *, anthropic: bool
+) -> None:
+    """`/v1` bypasses Starlette's router for the methods it answers (app.py: ApiFirst); any
+    other method still gets the 405, as an OpenAI error, or Anthropic's on its endpoint."""
+    async with http.request("PROPFIND", f"{proxy.base_url}{path}") as response:
+        assert response.status == 405
+        body = await response.json()
+    if anthropic:
+        assert (body["type"], body["error"]["type"]) == ("error", "invalid_request_error")
+    else:
+        assert_openai_error(body, type_="invalid_request_error", code="method_not_allowed")
+
+
+async def test_a_failure_outside_the_request_handling_is_an_openai_500() -> None:
+    """Whatever the handler's own error mapping lets through is still answered in OpenAI's
+    shape, with a request id (here: a scope without the gateway's state)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [],
+             "query_string": b"", "state": {}}  # fmt: skip
+    await ProxyHandler(PathTable(()))(scope, receive, send)
+    start, body = sent
+    assert start["status"] == 500
+    assert dict(start["headers"])[b"x-llm-request-id"]
+    assert_openai_error(orjson.loads(body["body"]), type_="api_error", code="internal_error")
 
 
 async def test_no_cors_headers_unless_configured(

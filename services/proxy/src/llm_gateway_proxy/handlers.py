@@ -38,7 +38,7 @@ from llm_gateway_proxy.errors import (
     UnsupportedByProvider,
     anthropic_client,
 )
-from llm_gateway_proxy.exchange import Exchange
+from llm_gateway_proxy.exchange import Exchange, new_request_id
 from llm_gateway_proxy.gateway import Gateway
 from llm_gateway_proxy.keys import KeyRecord
 from llm_gateway_proxy.modellist import MODELS_PATHS, anthropic_models, listing, model_object
@@ -66,6 +66,19 @@ class ProxyHandler:
         self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        downstream = Downstream(receive, send)
+        try:
+            await self._handle(scope, downstream)
+        except Exception:
+            # What the request's own handling let through (it catches what it can; this was
+            # Starlette's ServerErrorMiddleware's job before `/v1` bypassed Starlette, app.py).
+            log.exception("handler_failed", path=scope["path"][:_MAX_ENDPOINT])
+            if downstream.started:
+                raise
+            err = GatewayError("The gateway failed to handle the request.")
+            await downstream.error(err, [(b"x-llm-request-id", new_request_id().encode())])
+
+    async def _handle(self, scope: Scope, downstream: Downstream) -> None:
         gateway: Gateway = scope["state"]["gateway"]
         target = self.paths.resolve(scope["method"], scope["path"])
         endpoint = target.endpoint if target is not None else scope["path"][:_MAX_ENDPOINT]
@@ -77,7 +90,6 @@ class ProxyHandler:
         if gateway.tracing is not None:
             exchange.trace = gateway.tracing.request(scope["headers"], scope["method"], target)
             exchange.trace_id = exchange.trace.trace_id
-        downstream = Downstream(receive, send)
         if target is not None and target.api is not None:  # Anthropic's errors for its clients
             downstream.anthropic = target.api.face == "anthropic"
         else:
