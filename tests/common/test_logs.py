@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -46,3 +48,26 @@ def test_a_direct_info_line_respects_the_level() -> None:
     output = configure_logging("warning", stream)
     output.info("request", {"request_id": "r1"})
     assert stream.getvalue() == b""
+
+
+def test_buffered_output_over_an_unbuffered_stream_writes_per_flush(tmp_path: Path) -> None:
+    """stdout under PYTHONUNBUFFERED=1 (as in the image) is a raw file: buffered output then
+    buffers itself (no write per line), warnings still go out at once, and closing the
+    buffer never closes the descriptor it writes to."""
+    path = tmp_path / "log"
+    with path.open("wb", buffering=0) as raw:
+        assert isinstance(raw, io.RawIOBase)
+        output = configure_logging("info", raw, buffered=True)
+        for n in range(50):
+            output.info("request", {"request_id": f"r{n}"})
+        assert path.stat().st_size == 0
+        structlog.get_logger("t").warning("something_odd")
+        lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+        assert [line["event"] for line in lines] == ["request"] * 50 + ["something_odd"]
+        output.info("request", {"request_id": "last"})
+        output.flush()
+        assert orjson.loads(path.read_bytes().splitlines()[-1])["request_id"] == "last"
+        del output
+        gc.collect()
+        raw.write(b"still open\n")
+    assert path.read_bytes().endswith(b"still open\n")

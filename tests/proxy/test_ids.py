@@ -23,15 +23,19 @@ def test_two_sources_do_not_repeat_each_other() -> None:
     assert IdSource().pair() != IdSource().pair()
 
 
-def test_every_pair_is_a_fresh_draw_from_the_os_random_source(
+def test_every_pair_is_fresh_bytes_from_the_os_random_source(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A generator seeded once (Mersenne Twister) is predictable from its outputs; each id must
-    # come from os.urandom itself, so two draws we control must show up as the two request ids.
-    draws = iter([bytes(range(16)), bytes(range(16, 32))])
+    # be bytes of os.urandom's, used once: 4 KiB drawn at a time, 16 bytes per pair, in order,
+    # and a new draw when they are used up.
+    draws = [os.urandom(4096), os.urandom(4096)]
+    calls = iter(draws)
     source = IdSource()
-    monkeypatch.setattr(os, "urandom", lambda n: next(draws))
-    first, second = source.pair(), source.pair()
-    assert first[0] == bytes(range(16)).hex()
-    assert second[0] == bytes(range(16, 32)).hex()
-    assert uuid.UUID(first[1]).version == 4
+    monkeypatch.setattr(os, "urandom", lambda n: next(calls))
+    pairs = [source.pair() for _ in range(257)]
+    assert [request_id for request_id, _ in pairs[:256]] == [
+        draws[0][i : i + 16].hex() for i in range(0, 4096, 16)
+    ]
+    assert pairs[256][0] == draws[1][:16].hex()
+    assert all(uuid.UUID(event_id).version == 4 for _, event_id in pairs)

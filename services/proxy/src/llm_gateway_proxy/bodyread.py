@@ -58,9 +58,9 @@ class _ReceiveBefore:
             return await self._receive()
         if self._expired:
             raise self._timeout_error()
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
-        self._waiting = task = asyncio.current_task()
+        self._waiting = task = asyncio.current_task()  # (its loop: no second look-up)
+        if self._timer is None and task is not None:
+            self._timer = task.get_loop().call_later(self._timeout, self._expire)
         try:
             message = await self._receive()
         except asyncio.CancelledError:

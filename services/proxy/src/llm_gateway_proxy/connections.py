@@ -112,8 +112,7 @@ class GatewayTCPServer(TCPServer):
         if self.context.terminated.is_set():
             self.idle_expired()
             return
-        loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(self.config.keep_alive_timeout, self.idle_expired)
+        self._idle_timer = self.loop.call_later(self.config.keep_alive_timeout, self.idle_expired)
         self._idle_set.servers.add(self)
 
     def _disarm_idle(self) -> None:
@@ -126,7 +125,7 @@ class GatewayTCPServer(TCPServer):
         """Idle for the keep-alive timeout, or idle when the worker ends: close."""
         self._disarm_idle()
         if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_task(self._initiate_server_close())
+            self._closing = self.loop.create_task(self._initiate_server_close())
 
     async def _read_data(self) -> None:
         await self.idle_task.stop()  # Hypercorn's timer task for the first request: ours instead

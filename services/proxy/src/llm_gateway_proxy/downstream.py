@@ -76,8 +76,7 @@ class Downstream:
         """Cancel the current task when the client disconnects (call after the body is read)."""
         task = asyncio.current_task()
         if task is not None:
-            loop = asyncio.get_running_loop()
-            self._start_timer = loop.call_later(WATCH_AFTER, self._start_watching, task)
+            self._start_timer = task.get_loop().call_later(WATCH_AFTER, self._start_watching, task)
 
     def _start_watching(self, handler: asyncio.Task[Any]) -> None:
         self._start_timer = None

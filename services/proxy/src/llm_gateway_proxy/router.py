@@ -424,10 +424,10 @@ class _Deadline:
 
     def __init__(self, budget: float) -> None:
         self._expired = False
-        self._task = asyncio.current_task()
+        self._task = task = asyncio.current_task()
         self._handle = (
-            asyncio.get_running_loop().call_later(budget, self._expire)
-            if budget < _UNTIMED and self._task is not None
+            task.get_loop().call_later(budget, self._expire)
+            if budget < _UNTIMED and task is not None
             else None
         )
 
