@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from llm_gateway_fakes.openai import FakeOpenAI
 from llm_gateway_proxy.errors import InvalidPath
 from llm_gateway_proxy.keys import KeyRecord, Limits, hash_key, new_key, new_key_id
-from llm_gateway_proxy.paths import PathTable, check_path
+from llm_gateway_proxy.paths import CanonicalPaths, PathTable, check_path
 from llm_gateway_proxy.settings import DEFAULT_PASSTHROUGH
 from tests.conftest import ProxyFactory
 from tests.support.events import event_for
@@ -69,6 +69,42 @@ def test_ambiguous_raw_paths_are_refused(raw: bytes) -> None:
 )
 def test_unambiguous_paths_decode_once(raw: bytes, canonical: str) -> None:
     assert check_path(raw) == canonical
+
+
+async def test_paths_remembered_by_the_middleware_are_checked_all_the_same() -> None:
+    """CanonicalPaths remembers the canonical form of raw paths it accepted (a bounded table):
+    a remembered path reaches the app canonical each time, a refused one is refused each time,
+    and once the table is full every new path is still checked."""
+    seen: list[str] = []
+    statuses: list[int] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        seen.append(str(scope["path"]))
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(int(str(message["status"])))
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    middleware = CanonicalPaths(app)
+
+    async def call(raw: bytes) -> None:
+        scope = {"type": "http", "method": "POST", "path": raw.decode("latin-1"),
+                 "raw_path": raw, "query_string": b"", "headers": []}  # fmt: skip
+        await middleware(scope, receive, send)
+
+    for _ in range(2):
+        await call(b"/v1/%63hat/completions")
+        await call(b"/v1/../v1/chat/completions")
+    assert (seen, statuses) == (["/v1/chat/completions"] * 2, [400, 400])
+    for n in range(1100):
+        await call(b"/v1/files/file-%d" % n)
+    for raw in REFUSED_400:
+        await call(raw)
+    assert statuses == [400] * (2 + len(REFUSED_400))
+    assert seen[-1] == "/v1/files/file-1099"
 
 
 def test_path_table_meters_posts_and_forwards_only_what_is_allowed() -> None:

@@ -256,8 +256,8 @@ class Exchange:
             saved_cost_usd=self.saved_cost_usd,
             started_at=datetime.fromtimestamp(self.started_at, UTC),
             finished_at=datetime.fromtimestamp(self.started_at + elapsed, UTC),
-            latency_ms=round(elapsed * 1000, 3),
-            ttfb_ms=None if self.ttfb is None else round((self.ttfb - self.started) * 1000, 3),
+            latency_ms=_ms(elapsed),
+            ttfb_ms=None if self.ttfb is None else _ms(self.ttfb - self.started),
             request_bytes=self.request_bytes,
             response_bytes=self.response_bytes,
             captured_request=request_capture,
@@ -265,6 +265,11 @@ class Exchange:
             captured_response=response_capture,
             captured_response_truncated=response_cut,
         )
+
+
+def _ms(seconds: float) -> float:
+    """Milliseconds to the microsecond (as round(x, 3), in a third of its time)."""
+    return round(seconds * 1e6) / 1000
 
 
 def new_request_id() -> str:

@@ -77,6 +77,11 @@ class Target:
         return method == "POST" and self.pattern not in _MODEL_FREE
 
 
+_METERED_TARGETS = {rest: Target(api, "/" + rest, api.path, api.path)
+                    for rest, api in _METERED.items()}  # fmt: skip
+_KNOWN_PATHS = 1024  # raw paths whose canonical form CanonicalPaths remembers
+
+
 class PathTable:
     """The `/v1` paths the gateway answers: the metered APIs, then the allowed pass-through."""
 
@@ -94,9 +99,10 @@ class PathTable:
         if not path.startswith(API_PREFIX):
             return None
         rest = path[len(API_PREFIX) :]
-        api = _METERED.get(rest)
-        if api is not None and method == "POST":
-            return Target(api, "/" + rest, api.path, api.path)
+        if method == "POST":
+            metered = _METERED_TARGETS.get(rest)
+            if metered is not None:
+                return metered
         segments = rest.split("/")
         for pattern in self._patterns.get((segments[0], len(segments)), ()):
             if _matches(pattern, segments):
@@ -132,6 +138,9 @@ class CanonicalPaths:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        # Raw paths already checked, and their canonical form: the few an API's clients use
+        # are checked once. Bounded: once full, the rest are checked every time.
+        self._known: dict[bytes, str] = {}
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -139,7 +148,11 @@ class CanonicalPaths:
             return
         raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
         try:
-            path = check_path(raw)
+            path = self._known.get(raw)
+            if path is None:
+                path = check_path(raw)
+                if len(self._known) < _KNOWN_PATHS:
+                    self._known[raw] = path
             check_query(scope.get("query_string", b""))
         except GatewayError as err:
             await refuse(send, err, scope)

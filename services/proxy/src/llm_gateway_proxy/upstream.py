@@ -48,8 +48,9 @@ _HEADER_NAME_OK = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
 # Never passed back to the client: hop-by-hop headers, framing the gateway redoes, and cookies.
 _DROP_RESPONSE = frozenset(
     {
-        "connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
-        "set-cookie", "server", "date", "alt-svc", "upgrade", "trailer", "proxy-authenticate",
+        b"connection", b"keep-alive", b"transfer-encoding", b"content-length",
+        b"content-encoding", b"set-cookie", b"server", b"date", b"alt-svc", b"upgrade",
+        b"trailer", b"proxy-authenticate",
     }
 )  # fmt: skip
 
@@ -156,12 +157,14 @@ def forwarded_headers(
 
 def response_headers(response: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
     """The upstream's headers that the client should see (not the gateway's own `X-LLM-*`,
-    which an upstream gateway may have set: this one's are the client's)."""
-    return [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in response.headers.items()
-        if name.lower() not in _DROP_RESPONSE and not name.lower().startswith("x-llm-")
-    ]
+    which an upstream gateway may have set: this one's are the client's); names lowercased,
+    bytes as received (aiohttp's parser refused control bytes in them)."""
+    kept = []
+    for name, value in response.raw_headers:
+        lower = name.lower()
+        if lower not in _DROP_RESPONSE and not lower.startswith(b"x-llm-"):
+            kept.append((lower, value))
+    return kept
 
 
 async def read_body(response: aiohttp.ClientResponse) -> bytes:
