@@ -21,7 +21,8 @@ from collections.abc import Callable
 import orjson
 
 from llm_gateway_proxy.providers.anthropic_stream import SSEParser, StreamTranslator
-from llm_gateway_proxy.providers.messages_openai import ChatStreamTranslator, ToolNames
+from llm_gateway_proxy.providers.messages_openai import ToolNames
+from llm_gateway_proxy.providers.messages_openai_answer import ChatStreamTranslator
 from llm_gateway_proxy.relay_messages import MessagesTap
 
 

@@ -12,11 +12,10 @@ import pytest
 from llm_gateway_proxy.providers.anthropic import TranslationError
 from llm_gateway_proxy.providers.anthropic_response import MalformedResponse
 from llm_gateway_proxy.providers.anthropic_stream import SSEEvent
-from llm_gateway_proxy.providers.messages_openai import (
+from llm_gateway_proxy.providers.messages_openai import ToolNames, request_to_chat
+from llm_gateway_proxy.providers.messages_openai_answer import (
     ChatStreamTranslator,
-    ToolNames,
     error_from_openai,
-    request_to_chat,
     response_from_chat,
 )
 

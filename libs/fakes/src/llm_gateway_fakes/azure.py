@@ -29,7 +29,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from llm_gateway_fakes.openai import Received, prompt_tokens
+from llm_gateway_fakes.openai import Received
+from llm_gateway_fakes.openai_shapes import prompt_tokens
 from llm_gateway_fakes.threaded import ThreadedServer
 
 API_VERSIONS = frozenset({

@@ -24,6 +24,16 @@ import orjson
 from aiohttp import web
 
 from llm_gateway_fakes.openai_rules import chat_problem
+from llm_gateway_fakes.openai_shapes import (
+    answer_model,
+    call_deltas,
+    call_tokens,
+    delta,
+    include_usage,
+    model_object,
+    prompt_tokens,
+    text_choice,
+)
 from llm_gateway_fakes.threaded import ThreadedServer
 from llm_gateway_fakes.tool_inputs import sample_input
 
@@ -106,7 +116,7 @@ class FakeOpenAI:
         calls, forced = self._calls(body)
         if forced:
             words = []  # a forced tool choice: the model writes no text before the call
-        usage = self._usage(prompt_tokens(body.get("messages")), len(words) + _call_tokens(calls))
+        usage = self._usage(prompt_tokens(body.get("messages")), len(words) + call_tokens(calls))
         if body.get("stream"):
             return await self._chat_stream(request, body, words, calls, usage)
         message: dict[str, Any] = {"role": "assistant", "content": "".join(words) or None,
@@ -118,7 +128,7 @@ class FakeOpenAI:
                 "id": self._id("chatcmpl"),
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": _answer_model(body["model"]),
+                "model": answer_model(body["model"]),
                 "choices": [
                     {
                         "index": 0,
@@ -146,23 +156,23 @@ class FakeOpenAI:
             "id": self._id("chatcmpl"),
             "object": "chat.completion.chunk",
             "created": int(time.time()),
-            "model": _answer_model(body["model"]),
+            "model": answer_model(body["model"]),
             "system_fingerprint": "fp_fake",
         }
         if self.behaviour.stream_error_first:
             error = {"message": "The server is overloaded.", "type": "server_error",
                      "param": None, "code": 503}  # fmt: skip
             return await self._sse(request, [(None, {"error": error})], done=False)
-        with_usage = _include_usage(body)
+        with_usage = include_usage(body)
         null_usage = {"usage": None} if with_usage else {}
-        deltas: list[dict[str, Any]] = [{"content": w} for w in words] + _call_deltas(calls)
+        deltas: list[dict[str, Any]] = [{"content": w} for w in words] + call_deltas(calls)
         if words or not calls:
             deltas.insert(0, {"role": "assistant", "content": ""})
         else:  # only calls: the first names the role, with no text (null content)
             deltas[0] = {"role": "assistant", "content": None, **deltas[0]}
-        chunks = [{**base, "choices": [_delta(d)], **null_usage} for d in deltas]
+        chunks = [{**base, "choices": [delta(d)], **null_usage} for d in deltas]
         finish = "tool_calls" if calls else self.behaviour.finish_reason
-        chunks.append({**base, "choices": [_delta({}, finish)], **null_usage})
+        chunks.append({**base, "choices": [delta({}, finish)], **null_usage})
         if with_usage and not self.behaviour.omit_usage:
             chunks.append({**base, "choices": [], "usage": usage})
         return await self._sse(request, [(None, c) for c in chunks], done=True)
@@ -195,18 +205,18 @@ class FakeOpenAI:
             "id": self._id("cmpl"),
             "object": "text_completion",
             "created": int(time.time()),
-            "model": _answer_model(body["model"]),
+            "model": answer_model(body["model"]),
         }
         if body.get("stream"):
-            with_usage = _include_usage(body)
+            with_usage = include_usage(body)
             null_usage = {"usage": None} if with_usage else {}
-            chunks = [{**base, "choices": [_text_choice(w, None)], **null_usage} for w in words] + [
-                {**base, "choices": [_text_choice("", "stop")], **null_usage}
+            chunks = [{**base, "choices": [text_choice(w, None)], **null_usage} for w in words] + [
+                {**base, "choices": [text_choice("", "stop")], **null_usage}
             ]
             if with_usage and not self.behaviour.omit_usage:
                 chunks.append({**base, "choices": [], "usage": usage})
             return await self._sse(request, [(None, c) for c in chunks], done=True)
-        payload = {**base, "choices": [_text_choice("".join(words), "stop")]}
+        payload = {**base, "choices": [text_choice("".join(words), "stop")]}
         return web.json_response({**payload, **self._usage_field(usage)}, dumps=_dumps)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -257,7 +267,7 @@ class FakeOpenAI:
             "object": "response",
             "created_at": int(time.time()),
             "status": "completed",
-            "model": _answer_model(body["model"]),
+            "model": answer_model(body["model"]),
             "output": [message],
             "usage": None if self.behaviour.omit_usage else usage,
         }
@@ -291,7 +301,7 @@ class FakeOpenAI:
         if failure is not None:
             return failure
         models = [
-            _model_object(name) for name in ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
+            model_object(name) for name in ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
         ]
         return web.json_response({"object": "list", "data": models}, dumps=_dumps)
 
@@ -299,7 +309,7 @@ class FakeOpenAI:
         _, failure = await self._admit(request, needs_body=False)
         if failure is not None:
             return failure
-        return web.json_response(_model_object(request.match_info["model"]), dumps=_dumps)
+        return web.json_response(model_object(request.match_info["model"]), dumps=_dumps)
 
     async def _other(self, request: web.Request) -> web.StreamResponse:
         """Any other path: echo what arrived, so pass-through tests can check it."""
@@ -452,65 +462,6 @@ def _error(
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
-
-
-def _answer_model(requested: str) -> str:
-    """OpenAI answers with a dated snapshot of the alias that was asked for."""
-    return requested if requested[-10:-6] == "-202" else f"{requested}-2024-07-18"
-
-
-def _delta(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-
-
-def _call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A call streamed as OpenAI does: its id and name first, then its arguments in pieces."""
-    deltas: list[dict[str, Any]] = []
-    for index, call in enumerate(calls):
-        function = call["function"]
-        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                       "function": {"name": function["name"],
-                                                    "arguments": ""}}]})  # fmt: skip
-        deltas += [
-            {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
-            for piece in _pieces(function["arguments"])
-        ]
-    return deltas
-
-
-def _pieces(arguments: str, size: int = 6) -> list[str]:
-    return [arguments[i : i + size] for i in range(0, len(arguments), size)]
-
-
-def _call_tokens(calls: list[dict[str, Any]]) -> int:
-    """A call costs its name and one token per streamed piece of its arguments."""
-    return sum(1 + len(_pieces(call["function"]["arguments"])) for call in calls)
-
-
-def _text_choice(text: str, finish: str | None) -> dict[str, Any]:
-    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-
-
-def _include_usage(body: dict[str, Any]) -> bool:
-    options = body.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
-
-
-def _model_object(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
-
-
-def prompt_tokens(value: Any) -> int:
-    """A deterministic token count: one per whitespace-separated word of text, plus framing."""
-    if isinstance(value, str):
-        return len(value.split())
-    if isinstance(value, list):
-        return sum(prompt_tokens(item) for item in value) + (3 if value else 0)
-    if isinstance(value, dict):
-        if value.get("type") in ("image_url", "input_image"):
-            return 85
-        return sum(prompt_tokens(v) for k, v in value.items() if k in ("content", "text"))
-    return 0
 
 
 def main() -> None:

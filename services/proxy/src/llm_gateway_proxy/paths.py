@@ -80,6 +80,7 @@ class Target:
 _METERED_TARGETS = {rest: Target(api, "/" + rest, api.path, api.path)
                     for rest, api in _METERED.items()}  # fmt: skip
 _KNOWN_PATHS = 1024  # raw paths whose canonical form CanonicalPaths remembers
+_KNOWN_PATH_BYTES = 256  # ... when no longer than this: at most 256 KiB for the table
 
 
 class PathTable:
@@ -151,7 +152,7 @@ class CanonicalPaths:
             path = self._known.get(raw)
             if path is None:
                 path = check_path(raw)
-                if len(self._known) < _KNOWN_PATHS:
+                if len(self._known) < _KNOWN_PATHS and len(raw) <= _KNOWN_PATH_BYTES:
                     self._known[raw] = path
             check_query(scope.get("query_string", b""))
         except GatewayError as err:

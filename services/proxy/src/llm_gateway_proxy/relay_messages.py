@@ -6,7 +6,8 @@
                          `message_delta`, and sees the first content event (the time to first
                          token) and the end (`message_stop`; a stream cut before it ends with an
                          `event: error`)
-    openai, azure        chat/completions answers rebuilt as Messages (providers/messages_openai)
+    openai, azure        chat/completions answers rebuilt as Messages
+                         (providers/messages_openai_answer.py)
 
 Usage is normalised as everywhere (prompt = input + cache reads + cache writes, the reads as
 `cached_tokens`, the writes as `cache_write_tokens`).
@@ -20,10 +21,14 @@ from llm_gateway_proxy.apis import Api
 from llm_gateway_proxy.downstream import Downstream
 from llm_gateway_proxy.errors import UpstreamIncomplete, UpstreamMalformed
 from llm_gateway_proxy.exchange import Exchange
-from llm_gateway_proxy.providers import messages_openai
 from llm_gateway_proxy.providers.anthropic_response import MalformedResponse, usage
 from llm_gateway_proxy.providers.anthropic_stream import SSEOverflow, SSEParser
-from llm_gateway_proxy.providers.messages_openai import ChatStreamTranslator, ToolNames
+from llm_gateway_proxy.providers.messages_openai import ToolNames
+from llm_gateway_proxy.providers.messages_openai_answer import (
+    ChatStreamTranslator,
+    error_from_openai,
+    response_from_chat,
+)
 from llm_gateway_proxy.replies import (
     EVENT_STREAM,
     SSE_HEADERS,
@@ -219,7 +224,7 @@ async def _relay_openai_error(
     response = answer.response
     sent = answer.body if answer.body is not None else await read_body(response)
     exchange.fail("upstream_error", upstream_error_type(parse_json(sent), response.status))
-    raw = messages_openai.error_from_openai(response.status, sent)
+    raw = error_from_openai(response.status, sent)
     await send_whole(response.status, raw, exchange=exchange, downstream=downstream,
                      headers=[*error_headers(response), *headers],
                      capture_bytes=capture_bytes)  # fmt: skip
@@ -235,7 +240,7 @@ async def _relay_translated_body(
     names = answer.tool_names or ToolNames()
     model = exchange.model or ""
     await send_translated(
-        answer, lambda body: messages_openai.response_from_chat(body, model=model, names=names),
+        answer, lambda body: response_from_chat(body, model=model, names=names),
         metered="provider", exchange=exchange, downstream=downstream, headers=headers,
         capture_bytes=capture_bytes,
     )  # fmt: skip

@@ -158,7 +158,7 @@ def forwarded_headers(
 def response_headers(response: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
     """The upstream's headers that the client should see (not the gateway's own `X-LLM-*`,
     which an upstream gateway may have set: this one's are the client's); names lowercased,
-    bytes as received (aiohttp's parser refused control bytes in them)."""
+    bytes as received (h11 validates every header before it is sent to the client)."""
     kept = []
     for name, value in response.raw_headers:
         lower = name.lower()
